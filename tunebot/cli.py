@@ -1,0 +1,214 @@
+"""The `tunebot` command: an entrypoint, so it may load bot/ and workers/ by module name."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from sqlalchemy.engine import make_url
+
+from tunebot import jobs as jobs_mod
+from tunebot import migrate
+from tunebot.commands import parse
+from tunebot.db import make_engine
+from tunebot.errors import UserError
+from tunebot.models import FINAL_STATUSES
+from tunebot.replies import Reply, render_text
+from tunebot.service import Actor, App, execute, jobs_table, list_jobs
+from tunebot.settings import Settings, load_settings
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="tunebot: prompt catalog, prompt tests and fine-tunes, measured.")
+db_cli = typer.Typer(no_args_is_help=True, help="Database schema.")
+cli.add_typer(db_cli, name="db")
+
+NO_WORKER_SECONDS = 30.0
+
+
+def _settings() -> Settings:
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return settings
+
+
+def ensure_schema(settings: Settings) -> None:
+    """Bring an embedded SQLite database to head; PostgreSQL is migrated by `db upgrade`."""
+    if make_url(settings.database_url).get_backend_name() == "sqlite":
+        migrate.upgrade(settings.database_url)
+
+
+def app_for(settings: Settings) -> App:
+    """Engine and task sender for a CLI or bot process."""
+    from tunebot.queue import Sender, make_celery
+
+    return App(settings, make_engine(settings.database_url), Sender(make_celery(settings)))
+
+
+def cli_actor(settings: Settings) -> Actor:
+    """The CLI acts as an admin of TUNEBOT_CLI_TEAM."""
+    return Actor(team_id=settings.cli_team, user_id=settings.cli_user, is_admin=True)
+
+
+@db_cli.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply the Alembic migrations."""
+    settings = _settings()
+    migrate.upgrade(settings.database_url, revision)
+    typer.echo(f"database at {revision}: {make_url(settings.database_url).render_as_string()}")
+
+
+@cli.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="comma-separated: inference,gpu,io")] = "",
+    concurrency: Annotated[int, typer.Option(help="processes (0: the setting)")] = 0,
+    hostname: Annotated[str, typer.Option(help="Celery node name")] = "",
+) -> None:
+    """Run a Celery worker with a reconciler loop; no --queues serves all three."""
+    from celery import signals
+
+    from tunebot.queue import QUEUES, Sender, make_celery
+    from tunebot.reconciler import Reconciler
+
+    settings = _settings()
+    chosen = tuple(q.strip() for q in queues.split(",") if q.strip()) or QUEUES
+    bad = [q for q in chosen if q not in QUEUES]
+    if bad:
+        typer.echo(f"tunebot: unknown queue {bad[0]} (queues: {', '.join(QUEUES)})", err=True)
+        raise typer.Exit(2)
+    ensure_schema(settings)
+    app = make_celery(settings, chosen)
+    engine = make_engine(settings.database_url)
+    reconciler = Reconciler(engine, Sender(app), settings.reconcile_seconds)
+
+    @signals.worker_ready.connect(weak=False)
+    def _start(**_: object) -> None:
+        reconciler.start()
+
+    @signals.worker_shutdown.connect(weak=False)
+    def _stop(**_: object) -> None:
+        reconciler.stop()
+
+    name = hostname or f"tunebot-{'-'.join(chosen)}@%h"
+    app.worker_main([
+        "worker", "-Q", ",".join(chosen), "-c", str(concurrency or settings.worker_concurrency),
+        "-n", name, "-l", settings.log_level.upper(), "--without-gossip", "--without-mingle",
+        "--without-heartbeat",
+    ])
+
+
+@cli.command()
+def bot(
+    socket: Annotated[bool, typer.Option("--socket", help="Socket Mode (SLACK_APP_TOKEN)")] = False,
+    http: Annotated[bool, typer.Option("--http", help="HTTP at /slack/events")] = False,
+    port: Annotated[int, typer.Option(help="HTTP port")] = 3000,
+) -> None:
+    """Run the Slack bot (Socket Mode when SLACK_APP_TOKEN is set, else HTTP)."""
+    settings = _settings()
+    try:
+        bot_app = importlib.import_module("bot.app")
+    except ModuleNotFoundError as exc:
+        typer.echo(f"tunebot: the Slack bot is not installed ({exc})", err=True)
+        raise typer.Exit(1) from None
+    mode = "socket" if socket else "http" if http else (
+        "socket" if settings.slack_app_token else "http")
+    bot_app.main(settings, mode=mode, port=port)
+
+
+def print_event(job_id: int, reply: Reply, kind: str) -> None:
+    """Print one thread message the way the CLI shows a job's thread."""
+    if kind in ("status", "final"):
+        typer.echo(f"[#{job_id}] {reply.status or reply.text}")
+    else:
+        typer.echo(render_text(reply))
+
+
+def follow(app: App, job_id: int, *, poll: float = 0.3) -> int:
+    """Print a job's events as they arrive; 0 when it succeeded, 1 otherwise."""
+    seen = 0
+    started = time.monotonic()
+    warned = False
+    while True:
+        for ev in jobs_mod.events(app.engine, job_id, seen):
+            seen = ev.seq
+            print_event(job_id, Reply.from_dict(ev.payload), ev.kind)
+        job = jobs_mod.get(app.engine, job_id)
+        assert job is not None
+        if job.status in FINAL_STATUSES:
+            # Final events are written right after the status; drain what is left.
+            time.sleep(poll)
+            for ev in jobs_mod.events(app.engine, job_id, seen):
+                seen = ev.seq
+                print_event(job_id, Reply.from_dict(ev.payload), ev.kind)
+            return 0 if job.status == "succeeded" else 1
+        if (job.status == "queued" and job.attempt == 0 and not warned
+                and time.monotonic() - started > NO_WORKER_SECONDS):
+            warned = True
+            typer.echo(f"No worker has taken job #{job_id} in {NO_WORKER_SECONDS:.0f} s. "
+                       f"Start one in another terminal: `tunebot worker --queues {job.queue}` "
+                       "(or `make demo`). Still waiting…", err=True)
+        time.sleep(poll)
+
+
+@cli.command()
+def run(
+    text: Annotated[str, typer.Argument(help='command text, e.g. "/prompt list"')],
+    follow_: Annotated[bool, typer.Option("--follow", "-f", help="follow the job")] = False,
+    file: Annotated[Path | None, typer.Option("--file", help="a YAML/JSONL/CSV file")] = None,
+) -> None:
+    """Run one command of the grammar as the CLI user (an admin of TUNEBOT_CLI_TEAM)."""
+    settings = _settings()
+    try:
+        cmd = parse(text)
+    except UserError as exc:
+        typer.echo(f"tunebot: {exc}" + (f"\nUsage: {exc.usage}" if exc.usage else ""), err=True)
+        raise typer.Exit(2) from None
+    if file is not None and not file.is_file():
+        typer.echo(f"tunebot: no such file: {file}", err=True)
+        raise typer.Exit(2)
+    ensure_schema(settings)
+    app = app_for(settings)
+    outcome = execute(cmd, cli_actor(settings), app, file)
+    out = render_text(outcome.reply)
+    typer.echo(out, err=outcome.reply.error)
+    if outcome.reply.error:
+        raise typer.Exit(2 if "Usage:" in out else 1)
+    if follow_ and outcome.job is not None:
+        assert outcome.job.id is not None
+        raise typer.Exit(follow(app, outcome.job.id))
+
+
+@cli.command("jobs")
+def jobs_cmd() -> None:
+    """List the CLI workspace's recent jobs."""
+    settings = _settings()
+    ensure_schema(settings)
+    app = app_for(settings)
+    typer.echo(render_text(jobs_table(list_jobs(app, cli_actor(settings)))))
+
+
+@cli.command()
+def demo() -> None:
+    """Run the main job end to end on the embedded defaults, printing each thread."""
+    settings = _settings()
+    demo_mod = importlib.import_module("tunebot.demo")
+    raise typer.Exit(demo_mod.run_demo(settings))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli()
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

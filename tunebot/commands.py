@@ -1,0 +1,271 @@
+"""The command grammar: one parser for Slack, mentions and the CLI, text in, typed command out."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunebot.errors import UserError
+
+FAMILIES = ("prompt", "dataset", "finetune", "model", "compare", "tunebot")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+REF_RE = re.compile(
+    r"^(?P<name>[a-z0-9][a-z0-9_.-]{0,62})"
+    r"(?:@(?P<version>\d{1,6})|:(?P<label>[a-z0-9][a-z0-9_-]{0,62}))?$"
+)
+LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+KEY_RE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+MAX_TEXT = 4000
+
+
+@dataclass(frozen=True)
+class Param:
+    """A k=v option: its type and allowed range."""
+
+    kind: type
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple[str, ...] = ()
+
+    def convert(self, key: str, raw: str, usage: str) -> Any:
+        """Convert and range-check a raw value, or raise a UserError naming the range."""
+        if self.choices:
+            if raw not in self.choices:
+                raise UserError(f"{key} must be one of {', '.join(self.choices)} (got {raw})",
+                                usage)
+            return raw
+        try:
+            value = self.kind(raw)
+        except ValueError:
+            raise UserError(f"{key} must be {'an integer' if self.kind is int else 'a number'} "
+                            f"(got {raw})", usage) from None
+        if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+            raise UserError(f"{key} must be between {self.lo:g} and {self.hi:g} (got {raw})", usage)
+        return value
+
+
+GEN_PARAMS = {
+    "model": Param(str),
+    "samples": Param(int, 1, 20),
+    "temperature": Param(float, 0.0, 2.0),
+    "max_tokens": Param(int, 1, 4096),
+}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One subcommand: its usage line, positional pattern, options and flags."""
+
+    usage: str
+    pattern: tuple[str, ...] = ()  # lower-case words are literals; UPPER are captures; X* = rest
+    params: dict[str, Param] = field(default_factory=dict)
+    flags: tuple[str, ...] = ()
+    any_params: bool = False  # free k=v pairs (render variables, fine-tune hyperparameters)
+    job: bool = False  # whether it creates a job (needs an idempotency key)
+
+
+SPECS: dict[tuple[str, str], Spec] = {
+    ("prompt", "list"): Spec("/prompt list [QUERY]", ("QUERY*",)),
+    ("prompt", "show"): Spec("/prompt show REF", ("REF",)),
+    ("prompt", "new"): Spec("/prompt new  (with a YAML file, or the form in Slack)"),
+    ("prompt", "edit"): Spec("/prompt edit NAME  (with a YAML file, or the form in Slack)",
+                             ("NAME",)),
+    ("prompt", "history"): Spec("/prompt history NAME", ("NAME",)),
+    ("prompt", "diff"): Spec("/prompt diff REF REF", ("REF", "REF2")),
+    ("prompt", "label"): Spec("/prompt label REF LABEL", ("REF", "LABEL")),
+    ("prompt", "render"): Spec("/prompt render REF k=v…", ("REF",), any_params=True),
+    ("prompt", "delete"): Spec("/prompt delete NAME", ("NAME",)),
+    ("prompt", "test"): Spec(
+        "/prompt test REF on DATASET [model=M] [samples=K] [temperature=T] [max_tokens=N]",
+        ("REF", "on", "DATASET"), GEN_PARAMS, job=True),
+    ("prompt", "compare"): Spec(
+        "/prompt compare REF REF on DATASET [model=M] [samples=K] [temperature=T] [max_tokens=N]",
+        ("REF", "REF2", "on", "DATASET"), GEN_PARAMS, job=True),
+    ("dataset", "list"): Spec("/dataset list"),
+    ("dataset", "show"): Spec("/dataset show NAME", ("NAME",)),
+    ("dataset", "add"): Spec("/dataset add NAME  (with a file)", ("NAME",)),
+    ("dataset", "check"): Spec(
+        "/dataset check NAME model=M [prompt=REF] [template=minimal|full]", ("NAME",),
+        {"model": Param(str), "prompt": Param(str),
+         "template": Param(str, choices=("minimal", "full"))}, job=True),
+    ("dataset", "delete"): Spec("/dataset delete NAME", ("NAME",)),
+    ("finetune", "start"): Spec(
+        "/finetune start M on DATASET [prompt=REF] [template=minimal|full] [name=N] [k=v…]",
+        ("M", "on", "DATASET"), any_params=True, job=True),
+    ("finetune", "estimate"): Spec(
+        "/finetune estimate M on DATASET [prompt=REF] [template=minimal|full] [k=v…]",
+        ("M", "on", "DATASET"), any_params=True, job=True),
+    ("finetune", "status"): Spec("/finetune status JOB", ("JOB",)),
+    ("finetune", "list"): Spec("/finetune list"),
+    ("finetune", "cancel"): Spec("/finetune cancel JOB", ("JOB",)),
+    ("model", "list"): Spec("/model list"),
+    ("model", "show"): Spec("/model show NAME", ("NAME",)),
+    ("model", "label"): Spec("/model label NAME@V LABEL", ("REF", "LABEL")),
+    ("compare", "vs"): Spec(
+        "/compare REF vs M on DATASET [hybrid] [traffic=N/day]",
+        ("REF", "vs", "M", "on", "DATASET"), {"traffic": Param(str)}, ("hybrid",), job=True),
+    ("compare", "name"): Spec("/compare NAME on DATASET [hybrid] [traffic=N/day]",
+                              ("NAME", "on", "DATASET"), {"traffic": Param(str)}, ("hybrid",),
+                              job=True),
+    ("tunebot", "help"): Spec("/tunebot help [TOPIC]", ("TOPIC*",)),
+    ("tunebot", "jobs"): Spec("/tunebot jobs"),
+    ("tunebot", "whoami"): Spec("/tunebot whoami"),
+    ("tunebot", "ping"): Spec("/tunebot ping [seconds=S]", (),
+                              {"seconds": Param(float, 0, 60)}, job=True),
+    ("tunebot", "cancel"): Spec("/tunebot cancel JOB", ("JOB",)),
+}
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A catalog reference: NAME, NAME@3 or NAME:production."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
+
+    def __str__(self) -> str:
+        if self.version is not None:
+            return f"{self.name}@{self.version}"
+        if self.label is not None:
+            return f"{self.name}:{self.label}"
+        return self.name
+
+
+@dataclass
+class Command:
+    """A parsed command: family, action, captured positionals, options and flags."""
+
+    family: str
+    action: str
+    args: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    flags: frozenset[str] = frozenset()
+    text: str = ""
+
+    @property
+    def spec(self) -> Spec:
+        """This command's spec."""
+        return SPECS[(self.family, self.action)]
+
+
+def usage_for(family: str) -> str:
+    """All usage lines of a family."""
+    return "\n".join(s.usage for (f, _), s in SPECS.items() if f == family)
+
+
+def parse_ref(raw: str, usage: str) -> Ref:
+    """Parse NAME, NAME@V or NAME:LABEL."""
+    m = REF_RE.match(raw)
+    if not m:
+        raise UserError(f"`{raw}` is not a valid reference (NAME, NAME@3 or NAME:production; "
+                        "names are lower-case letters, digits, - _ .)", usage)
+    version = m.group("version")
+    return Ref(m.group("name"), int(version) if version else None, m.group("label"))
+
+
+def parse_name(raw: str, usage: str, what: str = "name") -> str:
+    """Validate a plain name (no paths, no spaces, lower case)."""
+    if not NAME_RE.match(raw) or ".." in raw:
+        raise UserError(f"`{raw[:80]}` is not a valid {what} (lower-case letters, digits, "
+                        "- _ . ; at most 63 characters)", usage)
+    return raw
+
+
+def _tokens(text: str) -> list[str]:
+    # Slack turns quotes into curly ones; accept both.
+    text = text.replace("“", '"').replace("”", '"').replace("‘", "'").replace("’", "'")
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise UserError(f"could not read the command: {exc}") from None
+
+
+def parse(text: str, family: str | None = None) -> Command:
+    """Parse command text (`/prompt test …`, `prompt test …`, or text after a slash command)."""
+    if len(text) > MAX_TEXT:
+        raise UserError(f"the command is too long ({len(text)} characters; at most {MAX_TEXT})")
+    toks = _tokens(text.strip())
+    if toks and toks[0].lstrip("/") in FAMILIES and (family is None or family == "tunebot"):
+        family = toks.pop(0).lstrip("/")
+        if family == "tunebot" and toks and toks[0] in FAMILIES[:-1]:
+            family = toks.pop(0)
+    if family is None:
+        raise UserError("start with one of: " + ", ".join(f"/{f}" for f in FAMILIES),
+                        "/tunebot help")
+    if family == "compare":
+        action = "vs" if "vs" in toks else "name"
+    else:
+        if not toks:
+            raise UserError(f"/{family} needs a subcommand", usage_for(family))
+        action = toks.pop(0).lower()
+    spec = SPECS.get((family, action))
+    if spec is None:
+        raise UserError(f"unknown subcommand `{action[:40]}` for /{family}", usage_for(family))
+    return _match(family, action, spec, toks, text)
+
+
+def _match(family: str, action: str, spec: Spec, toks: list[str], text: str) -> Command:
+    usage = spec.usage
+    positional: list[str] = []
+    params: dict[str, Any] = {}
+    flags: set[str] = set()
+    for tok in toks:
+        key, eq, value = tok.partition("=")
+        if eq and KEY_RE.match(key):
+            if key in params:
+                raise UserError(f"{key} is given twice", usage)
+            if key in spec.params:
+                params[key] = spec.params[key].convert(key, value, usage)
+            elif spec.any_params:
+                params[key] = value
+            else:
+                allowed = ", ".join(spec.params) or "none"
+                raise UserError(f"unknown option {key} (allowed: {allowed})", usage)
+        elif tok in spec.flags:
+            flags.add(tok)
+        else:
+            positional.append(tok)
+    args: dict[str, Any] = {}
+    pattern = list(spec.pattern)
+    i = 0
+    for part in pattern:
+        if part.endswith("*"):
+            args[part[:-1].lower()] = " ".join(positional[i:])
+            i = len(positional)
+            continue
+        if i >= len(positional):
+            raise UserError(f"missing {part if part.isupper() else repr(part)}", usage)
+        tok = positional[i]
+        i += 1
+        if part.islower():
+            if tok.lower() != part:
+                raise UserError(f"expected `{part}` but got `{tok[:40]}`", usage)
+            continue
+        args[part.lower()] = _capture(part, tok, usage)
+    if i < len(positional):
+        raise UserError(f"unexpected `{positional[i][:40]}`", usage)
+    return Command(family, action, args, params, frozenset(flags), text)
+
+
+def _capture(part: str, tok: str, usage: str) -> Any:
+    if part in ("REF", "REF2"):
+        return parse_ref(tok, usage)
+    if part in ("NAME", "DATASET"):
+        return parse_name(tok, usage, "dataset name" if part == "DATASET" else "name")
+    if part == "LABEL":
+        if not LABEL_RE.match(tok):
+            raise UserError(f"`{tok[:40]}` is not a valid label", usage)
+        return tok
+    if part == "JOB":
+        num = tok.lstrip("#")
+        if not num.isdigit() or len(num) > 12:
+            raise UserError(f"`{tok[:40]}` is not a job number", usage)
+        return int(num)
+    if part == "M":
+        if len(tok) > 200 or ".." in tok:
+            raise UserError(f"`{tok[:40]}` is not a valid model reference", usage)
+        return tok
+    return tok

@@ -1,0 +1,244 @@
+"""SQL tables only; writes go through keyword-only functions in the service modules."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, text
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """Aware UTC now; every timestamp is stored and compared in UTC."""
+    return datetime.now(UTC)
+
+
+def _json(default: Any = None) -> Any:
+    return Field(default_factory=lambda: default() if callable(default) else default,
+                 sa_column=Column(JSON, nullable=True))
+
+
+class JobStatus(enum.StrEnum):
+    """The states of a job."""
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+ACTIVE_STATUSES = ("queued", "running")
+FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+class Prompt(SQLModel, table=True):
+    """A named prompt of one workspace; its content lives in immutable versions."""
+
+    __tablename__ = "prompts"
+    __table_args__ = (UniqueConstraint("team_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    team_id: str = Field(index=True, max_length=32)
+    name: str = Field(max_length=64)
+    description: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    owner: str = Field(max_length=64)
+    tags: list[str] = _json(list)
+    datasets: dict[str, str] = _json(dict)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    deleted_at: datetime | None = None
+    deleted_by: str | None = None
+
+
+class PromptVersion(SQLModel, table=True):
+    """One immutable version of a prompt: template, parameters and documentation."""
+
+    __tablename__ = "prompt_versions"
+    __table_args__ = (UniqueConstraint("prompt_id", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    team_id: str = Field(index=True, max_length=32)
+    prompt_id: int = Field(foreign_key="prompts.id", index=True)
+    version: int
+    content: dict[str, Any] = _json(dict)
+    content_hash: str = Field(max_length=64)
+    author: str = Field(max_length=64)
+    message: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Label(SQLModel, table=True):
+    """A label (production, staging, …) pointing at one version of a prompt or model."""
+
+    __tablename__ = "labels"
+    __table_args__ = (UniqueConstraint("team_id", "kind", "name", "label"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    team_id: str = Field(index=True, max_length=32)
+    kind: str = Field(max_length=16)  # "prompt" | "model"
+    name: str = Field(max_length=64)
+    label: str = Field(max_length=64)
+    version: int
+    updated_by: str = Field(max_length=64)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class LabelHistory(SQLModel, table=True):
+    """Every label move: who, when, from which version to which."""
+
+    __tablename__ = "label_history"
+
+    id: int | None = Field(default=None, primary_key=True)
+    team_id: str = Field(index=True, max_length=32)
+    kind: str = Field(max_length=16)
+    name: str = Field(max_length=64)
+    label: str = Field(max_length=64)
+    from_version: int | None = None
+    to_version: int | None = None
+    moved_by: str = Field(max_length=64)
+    moved_at: datetime = Field(default_factory=utcnow)
+
+
+class Dataset(SQLModel, table=True):
+    """An uploaded data file (eval set or training data), one row per version."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("team_id", "name", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    team_id: str = Field(index=True, max_length=32)
+    name: str = Field(max_length=64)
+    version: int = 1
+    content_hash: str = Field(max_length=64)
+    format: str = Field(max_length=16)
+    row_count: int = 0
+    stats: dict[str, Any] = _json(dict)
+    report: dict[str, Any] = _json(dict)
+    artifact_path: str = Field(max_length=512)
+    created_by: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    deleted_at: datetime | None = None
+
+
+class Job(SQLModel, table=True):
+    """A unit of queued work; the SQL row is the source of truth, the broker only a wake-up."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index(
+            "uq_jobs_active_key",
+            "active_key",
+            unique=True,
+            sqlite_where=text("status IN ('queued', 'running')"),
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
+        Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    team_id: str = Field(index=True, max_length=32)
+    kind: str = Field(max_length=32)
+    queue: str = Field(max_length=32)
+    status: str = Field(default=JobStatus.queued.value, max_length=16, index=True)
+    requested_by: str = Field(max_length=64)
+    channel: str | None = Field(default=None, max_length=64)
+    thread_ts: str | None = Field(default=None, max_length=32)
+    response_url: str | None = Field(default=None, max_length=1024)
+    title: str = Field(default="", max_length=512)
+    params: dict[str, Any] = _json(dict)
+    result: dict[str, Any] = _json(dict)
+    idempotency_key: str | None = Field(default=None, max_length=256, unique=True)
+    active_key: str | None = Field(default=None, max_length=256)
+    attempt: int = 0
+    max_attempts: int = 5
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_expires_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    cancel_requested: bool = False
+    progress: float = 0.0
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    sends: int = 0
+    last_sent_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class JobEvent(SQLModel, table=True):
+    """One thing a job said (a transport-neutral reply), delivered to Slack at most once."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (UniqueConstraint("job_id", "seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    team_id: str = Field(index=True, max_length=32)
+    seq: int
+    kind: str = Field(default="reply", max_length=32)
+    payload: dict[str, Any] = _json(dict)
+    created_at: datetime = Field(default_factory=utcnow)
+    delivered_at: datetime | None = None
+    delivery_attempts: int = 0
+    slack_ts: str | None = Field(default=None, max_length=32)
+
+
+class Metric(SQLModel, table=True):
+    """A scalar a job logged at a step (loss, accuracy, tokens/s, …)."""
+
+    __tablename__ = "metrics"
+    __table_args__ = (UniqueConstraint("job_id", "name", "step"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    step: int
+    name: str = Field(max_length=64)
+    value: float
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class CaseResult(SQLModel, table=True):
+    """One eval case of one candidate of a prompt test or comparison."""
+
+    __tablename__ = "case_results"
+    __table_args__ = (UniqueConstraint("job_id", "candidate", "case_index", "sample_index"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    candidate: str = Field(default="", max_length=128)
+    case_index: int
+    sample_index: int = 0
+    rendered: list[dict[str, str]] = _json(list)
+    output: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    expected: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    scores: list[dict[str, Any]] = _json(list)
+    passed: bool | None = None
+    latency_ms: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
+class ModelVersion(SQLModel, table=True):
+    """A registered fine-tuned adapter on its base model."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("team_id", "name", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    team_id: str = Field(index=True, max_length=32)
+    name: str = Field(max_length=64)
+    version: int
+    base_model: str = Field(max_length=256)
+    adapter_path: str = Field(max_length=512)
+    dataset_hash: str = Field(default="", max_length=64)
+    prompt_ref: str | None = Field(default=None, max_length=128)
+    template: str = Field(default="minimal", max_length=16)
+    hyperparams: dict[str, Any] = _json(dict)
+    code_version: str = Field(default="", max_length=64)
+    best_step: int | None = None
+    metrics: dict[str, Any] = _json(dict)
+    job_id: int | None = Field(default=None, foreign_key="jobs.id")
+    created_by: str = Field(default="", max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,144 @@
+"""One Settings object, built at each entrypoint and passed down."""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return "local-user"
+
+
+class Settings(BaseSettings):
+    """Every knob of tunebot; env vars use the TUNEBOT_ prefix, Slack's own names stay."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TUNEBOT_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    var_dir: Path = Path("var")
+    database_url: str = ""
+    broker_url: str = ""
+    artifacts_dir: Path | None = None
+    model_cache_dir: Path | None = None
+
+    slack_bot_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("SLACK_BOT_TOKEN", "TUNEBOT_SLACK_BOT_TOKEN")
+    )
+    slack_app_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("SLACK_APP_TOKEN", "TUNEBOT_SLACK_APP_TOKEN")
+    )
+    slack_signing_secret: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("SLACK_SIGNING_SECRET", "TUNEBOT_SLACK_SIGNING_SECRET")
+    )
+    slack_client_id: str | None = Field(
+        None, validation_alias=AliasChoices("SLACK_CLIENT_ID", "TUNEBOT_SLACK_CLIENT_ID")
+    )
+    slack_client_secret: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("SLACK_CLIENT_SECRET", "TUNEBOT_SLACK_CLIENT_SECRET")
+    )
+    slack_api_url: str = "https://slack.com/api/"
+    slack_posts_per_second: float = Field(1.0, gt=0, le=100)
+    slack_file_hosts: CsvList = ["files.slack.com"]
+    encryption_key: SecretStr | None = None
+
+    admins: CsvList = []
+    finetune_allowed: CsvList = []
+    max_jobs_per_user: int = Field(3, ge=1, le=100_000)
+
+    cli_team: str = "local"
+    cli_user: str = Field(default_factory=_login)
+
+    lease_seconds: float = Field(60.0, gt=0)
+    heartbeat_seconds: float = Field(15.0, gt=0)
+    reconcile_seconds: float = Field(30.0, gt=0)
+    max_attempts: int = Field(5, ge=1, le=100)
+    broker_visibility_seconds: int = Field(6 * 3600, ge=60)
+    worker_concurrency: int = Field(1, ge=1, le=64)
+
+    openai_base_url: str | None = None
+    openai_api_key: SecretStr | None = None
+    openai_concurrency: int = Field(4, ge=1, le=256)
+    openai_timeout_seconds: float = Field(60.0, gt=0)
+
+    price_gpu_hour: float = Field(2.50, ge=0)
+    price_cpu_hour: float = Field(0.05, ge=0)
+    price_per_1k_tokens: float = Field(0.0, ge=0)
+
+    max_upload_mb: int = Field(50, ge=1, le=10_000)
+    max_rows: int = Field(1_000_000, ge=1)
+    log_level: str = "INFO"
+
+    @field_validator("admins", "finetune_allowed", "slack_file_hosts", mode="before")
+    @classmethod
+    def _split_csv(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        var = self.var_dir
+        if not self.database_url:
+            self.database_url = f"sqlite:///{var / 'tunebot.db'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{var / 'broker.db'}"
+        if self.artifacts_dir is None:
+            self.artifacts_dir = var / "artifacts"
+        if self.model_cache_dir is None:
+            self.model_cache_dir = var / "models"
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"heartbeat_seconds ({self.heartbeat_seconds}) must be shorter than "
+                f"lease_seconds ({self.lease_seconds})"
+            )
+        return self
+
+    @property
+    def artifacts(self) -> Path:
+        """The artifact root (never None after validation)."""
+        assert self.artifacts_dir is not None
+        return self.artifacts_dir
+
+    @property
+    def models_dir(self) -> Path:
+        """Where converted base models are cached."""
+        assert self.model_cache_dir is not None
+        return self.model_cache_dir
+
+    def is_admin(self, user_id: str) -> bool:
+        """Whether a user id is in TUNEBOT_ADMINS."""
+        return user_id in self.admins
+
+
+class SettingsError(SystemExit):
+    """A bad setting: one line naming it, exit status 2."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings from the environment, or exit with one line naming the bad setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+        name = loc if loc.isupper() else f"TUNEBOT_{loc.upper()}"
+        msg = err.get("msg", "invalid")
+        raise SettingsError(f"tunebot: bad setting {name}: {msg}") from None

@@ -1,0 +1,107 @@
+"""Run one job: take its lease, keep it with a heartbeat, call the runner, record the outcome."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+
+from sqlalchemy.engine import Engine
+
+from tunebot import jobs
+from tunebot.errors import Cancelled, JobError, LeaseLost, UserError
+from tunebot.models import FINAL_STATUSES
+from tunebot.replies import Reply
+from tunebot.settings import Settings
+from workers.context import JobContext, owner_id
+
+log = logging.getLogger(__name__)
+
+# kind → "module:Class"; imported on first use so a worker loads only what it runs.
+RUNNERS = {
+    "noop": "workers.runners.noop:NoopRunner",
+}
+
+
+def runner_class(kind: str) -> type:
+    """The runner class for a job kind."""
+    try:
+        module, _, name = RUNNERS[kind].partition(":")
+    except KeyError:
+        raise JobError(f"this worker has no runner for jobs of kind {kind!r}") from None
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+
+class Heartbeat(threading.Thread):
+    """Renews the lease; flags the run when the lease is lost or a cancel is requested."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        super().__init__(name=f"heartbeat-{ctx.job_id}", daemon=True)
+        self.ctx = ctx
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        """Beat until stopped."""
+        s = self.ctx.settings
+        while not self._stop_event.wait(s.heartbeat_seconds):
+            try:
+                state = jobs.renew_lease(self.ctx.engine, self.ctx.job_id, self.ctx.owner,
+                                         s.lease_seconds)
+            except Exception as exc:  # database briefly away: the lease covers a few misses
+                log.warning("heartbeat for job %s failed: %s", self.ctx.job_id, exc)
+                continue
+            if not state.held:
+                self.ctx.lost.set()
+                return
+            if state.cancel_requested:
+                self.ctx.cancel.set()
+
+    def stop(self) -> None:
+        """End the loop."""
+        self._stop_event.set()
+
+
+def execute_job(settings: Settings, engine: Engine, waker: jobs.Waker | None,
+                job_id: int) -> str:
+    """Execute a job once if it can be taken; returns what happened (for logs and tests)."""
+    job = jobs.get(engine, job_id)
+    if job is None:
+        return "missing"
+    if job.status in FINAL_STATUSES:
+        return "already-final"
+    owner = owner_id()
+    taken = jobs.take_lease(engine, job_id, owner, settings.lease_seconds)
+    if taken is None:
+        return "not-taken"
+    ctx = JobContext(job=taken, settings=settings, engine=engine, waker=waker, owner=owner)
+    beat = Heartbeat(ctx)
+    beat.start()
+    status, error, result = "failed", None, None
+    try:
+        ctx.status(f"{taken.title or taken.kind} · running")
+        ctx.say(f"Started on worker {os.uname().nodename} (pid {os.getpid()}, "
+                f"attempt {taken.attempt}/{taken.max_attempts}).")
+        runner = runner_class(taken.kind)(ctx)
+        result = runner.run() or {}
+        status = "succeeded"
+    except LeaseLost:
+        log.warning("job %s: lease lost, stopping without recording", job_id)
+        return "lease-lost"
+    except Cancelled:
+        status, error = "cancelled", "cancelled on request"
+    except (JobError, UserError) as exc:
+        status, error = "failed", str(exc)
+    except Exception as exc:
+        log.exception("job %s crashed", job_id)
+        status, error = "failed", f"internal error ({exc.__class__.__name__}): {str(exc)[:300]}"
+    finally:
+        beat.stop()
+    if not jobs.finish(engine, job_id, owner, status, error=error, result=result):
+        return "lease-lost"
+    title = taken.title or taken.kind
+    icon = {"succeeded": "✅", "failed": "❌", "cancelled": "⏹"}[status]
+    text = f"{icon} #{job_id} · {title} · {status}" + (f": {error}" if error else "")
+    jobs.emit(engine, job_id, Reply(text=text, status=f"{icon} #{job_id} · {title} · {status}",
+                                    error=status == "failed"), waker, kind="final")
+    return status
