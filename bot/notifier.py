@@ -1,19 +1,174 @@
-"""Posts job events to Slack threads. Until Slack tokens are configured, events stay in SQL."""
+"""The notifier: posts job events to Slack threads, once each, in order, rate-limited, retried."""
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
 
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
+from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Engine
 
+from bot.blocks import fallback_text, images, reply_blocks
+from tunebot.db import session_scope
+from tunebot.models import Job, JobEvent, utcnow
+from tunebot.replies import Reply
 from tunebot.settings import Settings
 
 log = logging.getLogger(__name__)
+CLAIM_SECONDS = 120
 
 
-def deliver_pending(settings: Settings, engine: Engine, job_id: int) -> int:
-    """Deliver the job's undelivered events; without a bot token they stay in SQL for later."""
-    if settings.slack_bot_token is None:
+def make_client(settings: Settings, token: str | None = None) -> WebClient:
+    """A WebClient at TUNEBOT_SLACK_API_URL that waits out 429s and retries 5xx with backoff."""
+    tok = token or (settings.slack_bot_token.get_secret_value() if settings.slack_bot_token
+                    else None)
+    client = WebClient(token=tok, base_url=settings.slack_api_url, timeout=30)
+    client.retry_handlers.extend([
+        RateLimitErrorRetryHandler(max_retry_count=5),
+        ServerErrorRetryHandler(max_retry_count=4),
+        ConnectionErrorRetryHandler(max_retry_count=3),
+    ])
+    return client
+
+
+class ChannelPacer:
+    """At most `rate` posts per second per channel, across the threads of this process."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate
+        self._next: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def wait(self, channel: str) -> None:
+        """Sleep until this channel may take another post."""
+        with self._lock:
+            now = time.monotonic()
+            at = max(now, self._next.get(channel, 0.0))
+            self._next[channel] = at + self.interval
+        if at > now:
+            time.sleep(at - now)
+
+
+_PACERS: dict[float, ChannelPacer] = {}
+
+
+def pacer(settings: Settings) -> ChannelPacer:
+    """The process-wide pacer for this rate."""
+    rate = settings.slack_posts_per_second
+    if rate not in _PACERS:
+        _PACERS[rate] = ChannelPacer(rate)
+    return _PACERS[rate]
+
+
+def _claim(engine: Engine, job_id: int, owner: str) -> bool:
+    # One deliverer per job at a time keeps a thread's messages in order and posted once.
+    now = utcnow()
+    with session_scope(engine) as session:
+        res = session.execute(
+            update(Job).where(Job.id == job_id,  # type: ignore[arg-type]
+                              or_(Job.notify_owner.is_(None),  # type: ignore[union-attr]
+                                  Job.notify_until < now))  # type: ignore[operator]
+            .values(notify_owner=owner, notify_until=now + timedelta(seconds=CLAIM_SECONDS))
+        )
+        return res.rowcount == 1  # type: ignore[attr-defined]
+
+
+def _release(engine: Engine, job_id: int, owner: str) -> None:
+    with session_scope(engine) as session:
+        session.execute(update(Job).where(Job.id == job_id,  # type: ignore[arg-type]
+                                          Job.notify_owner == owner)  # type: ignore[arg-type]
+                        .values(notify_owner=None, notify_until=None))
+
+
+def deliver_pending(settings: Settings, engine: Engine, job_id: int,
+                    client: WebClient | None = None) -> int:
+    """Deliver the job's undelivered events in order; returns how many were delivered.
+
+    Raises on a Slack failure that outlasted the client's retries, so the task retries later;
+    what was not delivered stays in SQL.
+    """
+    if settings.slack_bot_token is None and client is None:
         log.info("no SLACK_BOT_TOKEN: job %s's events stay in SQL", job_id)
         return 0
-    raise NotImplementedError("Slack delivery arrives with the Slack bot work")
+    owner = f"{os.uname().nodename}:{os.getpid()}:{threading.get_ident()}"
+    if not _claim(engine, job_id, owner):
+        return 0  # another deliverer is on it; it will pick up our events too
+    client = client or make_client(settings)
+    delivered = 0
+    try:
+        while True:
+            with session_scope(engine) as session:
+                job = session.get(Job, job_id)
+                ev = session.execute(
+                    select(JobEvent).where(JobEvent.job_id == job_id,  # type: ignore[arg-type]
+                                           JobEvent.delivered_at.is_(None))  # type: ignore[union-attr]
+                    .order_by(JobEvent.seq).limit(1)  # type: ignore[arg-type]
+                ).scalars().first()
+            if job is None or ev is None or not job.channel:
+                return delivered
+            slack_ts = _deliver_one(settings, engine, client, job, ev)
+            with session_scope(engine) as session:
+                session.execute(update(JobEvent).where(JobEvent.id == ev.id)  # type: ignore[arg-type]
+                                .values(delivered_at=utcnow(), slack_ts=slack_ts,
+                                        delivery_attempts=JobEvent.delivery_attempts + 1))
+            delivered += 1
+    finally:
+        _release(engine, job_id, owner)
+
+
+def _deliver_one(settings: Settings, engine: Engine, client: WebClient, job: Job,
+                 ev: JobEvent) -> str | None:
+    reply = Reply.from_dict(ev.payload)
+    channel = job.channel
+    assert channel is not None
+    wait = pacer(settings).wait
+    try:
+        if ev.kind in ("status", "final") or job.status_ts is None:
+            ts = _update_root(client, engine, job, reply if ev.kind != "reply" else
+                              Reply(text=job.title or f"job #{job.id}"), wait)
+            if ev.kind == "status":
+                return ts
+        wait(channel)
+        resp = client.chat_postMessage(channel=channel, thread_ts=job.thread_ts,
+                                       text=fallback_text(reply), blocks=reply_blocks(reply),
+                                       unfurl_links=False, unfurl_media=False)
+        for img in images(reply):
+            path = Path(img["path"])
+            if path.is_file():
+                wait(channel)
+                client.files_upload_v2(channel=channel, thread_ts=job.thread_ts, file=str(path),
+                                       filename=path.name, title=img.get("title", path.name))
+        return str(resp.get("ts"))
+    except SlackApiError as exc:
+        log.warning("slack refused an event of job %s: %s", job.id, exc.response.get("error"))
+        raise
+
+
+def _update_root(client: WebClient, engine: Engine, job: Job, reply: Reply, wait) -> str:  # type: ignore[no-untyped-def]
+    """Post the job's root status message once, then keep it current with chat.update."""
+    text = fallback_text(Reply(text=reply.status or reply.text))
+    assert job.channel is not None
+    wait(job.channel)
+    if job.status_ts is None:
+        resp = client.chat_postMessage(channel=job.channel, thread_ts=job.thread_ts, text=text,
+                                       unfurl_links=False)
+        job.status_ts = str(resp["ts"])
+        if job.thread_ts is None:
+            job.thread_ts = job.status_ts  # a slash command's job threads under its root
+        with session_scope(engine) as session:
+            session.execute(update(Job).where(Job.id == job.id)  # type: ignore[arg-type]
+                            .values(status_ts=job.status_ts, thread_ts=job.thread_ts))
+        return job.status_ts
+    client.chat_update(channel=job.channel, ts=job.status_ts, text=text)
+    return job.status_ts

@@ -8,10 +8,14 @@ from tunebot.queue import NOTIFY_TASK
 from tunebot.worker_state import process_state
 
 
-@shared_task(name=NOTIFY_TASK, bind=True)
+@shared_task(name=NOTIFY_TASK, bind=True, max_retries=None)
 def notify(self: Task, job_id: int) -> int:
-    """Post every undelivered event of the job, in order; returns how many were delivered."""
+    """Post every undelivered event of the job, in order; on failure retry with backoff."""
     from bot.notifier import deliver_pending
 
     state = process_state(self.app)
-    return deliver_pending(state.settings, state.engine, int(job_id))
+    try:
+        return deliver_pending(state.settings, state.engine, int(job_id))
+    except Exception as exc:
+        # Undelivered events stay in SQL; the reconciler also re-sends this task later.
+        raise self.retry(exc=exc, countdown=min(60, 2 ** min(self.request.retries, 6))) from exc

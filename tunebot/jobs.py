@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -304,6 +304,7 @@ class Reconciled:
     requeued: list[int]
     failed: list[int]
     resent: list[int]
+    notify: list[int] = field(default_factory=list)
 
 
 def reconcile(engine: Engine, waker: Waker | None, *, resend_after: float) -> Reconciled:
@@ -356,6 +357,15 @@ def reconcile(engine: Engine, waker: Waker | None, *, resend_after: float) -> Re
             assert job.id is not None
             out.resent.append(job.id)
         queues = {j.id: j.queue for j in [*expired, *stale]}
+        # Slack events a notifier has not delivered yet (Slack down, notifier restarted).
+        cutoff = now - timedelta(seconds=resend_after)
+        undelivered = session.execute(
+            select(JobEvent.job_id).join(Job, Job.id == JobEvent.job_id)  # type: ignore[arg-type]
+            .where(JobEvent.delivered_at.is_(None),  # type: ignore[union-attr]
+                   JobEvent.created_at < cutoff,  # type: ignore[arg-type,operator]
+                   Job.channel.is_not(None)).distinct()  # type: ignore[union-attr]
+        ).scalars().all()
+        out.notify = list(undelivered)
     for job_id in out.failed:
         emit(engine, job_id, Reply(text=f"❌ job #{job_id} stopped: {get(engine, job_id).error}",  # type: ignore[union-attr]
                                    status=f"❌ #{job_id} failed", error=True), waker)
@@ -365,4 +375,9 @@ def reconcile(engine: Engine, waker: Waker | None, *, resend_after: float) -> Re
                 waker.send_job(job_id, queues[job_id])
             except Exception:
                 log.warning("broker unavailable; job %s stays queued in SQL", job_id)
+        for job_id in out.notify:
+            try:
+                waker.send_notify(job_id)
+            except Exception:
+                log.warning("broker unavailable; job %s's events stay in SQL", job_id)
     return out

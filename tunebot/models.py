@@ -146,6 +146,9 @@ class Job(SQLModel, table=True):
     requested_by: str = Field(max_length=64)
     channel: str | None = Field(default=None, max_length=64)
     thread_ts: str | None = Field(default=None, max_length=32)
+    status_ts: str | None = Field(default=None, max_length=32)  # the root message kept current
+    notify_owner: str | None = Field(default=None, max_length=128)
+    notify_until: datetime | None = None
     response_url: str | None = Field(default=None, max_length=1024)
     title: str = Field(default="", max_length=512)
     params: dict[str, Any] = _json(dict)

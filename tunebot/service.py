@@ -125,6 +125,10 @@ def submit_job(cmd: Command, actor: Actor, app: App, *, kind: str, params: dict[
         max_active_per_user=app.settings.max_jobs_per_user,
     )
     job = sub.job
+    if sub.created:
+        jobs.emit(app.engine, job.id, Reply(text=f"{title} · #{job.id} · queued",  # type: ignore[arg-type]
+                                            status=f"{title} · #{job.id} · queued"),
+                  app.waker, kind="status")
     verb = "Queued" if sub.created else "Already have"
     text = f"{verb} {title} as job #{job.id} ({job.status})."
     return Outcome(Reply(text=text, blocks=[section(text)], ephemeral=True), job, sub.created)

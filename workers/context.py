@@ -65,7 +65,7 @@ class JobContext:
             return False
         self._last_progress, self._last_progress_at = fraction, now
         pct = int(round(100 * fraction))
-        self.say(Reply(text=text, status=f"{self.job.title} · running {pct}%"))
+        self.say(Reply(text=text, status=f"{self.job.title} · #{self.job_id} · running {pct}%"))
         return True
 
     def metrics(self) -> SqlMetricLogger:

@@ -79,7 +79,7 @@ def execute_job(settings: Settings, engine: Engine, waker: jobs.Waker | None,
     beat.start()
     status, error, result = "failed", None, None
     try:
-        ctx.status(f"{taken.title or taken.kind} · running")
+        ctx.status(f"{taken.title or taken.kind} · #{job_id} · running")
         ctx.say(f"Started on worker {os.uname().nodename} (pid {os.getpid()}, "
                 f"attempt {taken.attempt}/{taken.max_attempts}).")
         runner = runner_class(taken.kind)(ctx)
@@ -101,7 +101,7 @@ def execute_job(settings: Settings, engine: Engine, waker: jobs.Waker | None,
         return "lease-lost"
     title = taken.title or taken.kind
     icon = {"succeeded": "✅", "failed": "❌", "cancelled": "⏹"}[status]
-    text = f"{icon} #{job_id} · {title} · {status}" + (f": {error}" if error else "")
-    jobs.emit(engine, job_id, Reply(text=text, status=f"{icon} #{job_id} · {title} · {status}",
+    text = f"{icon} {title} · #{job_id} · {status}" + (f": {error}" if error else "")
+    jobs.emit(engine, job_id, Reply(text=text, status=f"{icon} {title} · #{job_id} · {status}",
                                     error=status == "failed"), waker, kind="final")
     return status

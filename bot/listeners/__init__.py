@@ -1,0 +1,14 @@
+"""One register(app, core) per kind of listener."""
+
+from __future__ import annotations
+
+from slack_bolt import App as BoltApp
+
+from bot.listeners import commands, mentions
+from tunebot.service import App
+
+
+def register(app: BoltApp, core: App) -> None:
+    """Register every listener."""
+    commands.register(app, core)
+    mentions.register(app, core)

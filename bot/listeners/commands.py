@@ -1,0 +1,43 @@
+"""Slash commands: /prompt /dataset /finetune /model /compare /tunebot — answered in the ack."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from slack_bolt import Ack
+from slack_bolt import App as BoltApp
+
+from bot.blocks import fallback_text, reply_blocks
+from bot.listeners.common import actor_for, job_reply, run
+from tunebot.commands import parse
+from tunebot.errors import UserError
+from tunebot.replies import error
+from tunebot.service import App
+
+COMMANDS = re.compile(r"^/(prompt|dataset|finetune|model|compare|tunebot)$")
+
+
+def register(app: BoltApp, core: App) -> None:
+    """Register the slash-command listener."""
+
+    @app.command(COMMANDS)
+    def on_command(ack: Ack, command: dict[str, Any]) -> None:
+        """Parse, run (SQL only, fast), and answer in the ack itself."""
+        family = command["command"].lstrip("/")
+        try:
+            cmd = parse(command.get("text", ""), family=family)
+        except UserError as exc:
+            reply = error(str(exc), exc.usage)
+        else:
+            # Slack never retries slash commands, but a client or proxy may resend the body:
+            # the trigger_id is unique per invocation, so it keys the job.
+            key = f"slash:{command['team_id']}:{command.get('trigger_id', '')}" \
+                if cmd.spec.job and command.get("trigger_id") else None
+            actor = actor_for(core, team_id=command["team_id"], user_id=command["user_id"],
+                              channel=command.get("channel_id"), thread_ts=None,
+                              response_url=command.get("response_url"), key=key)
+            outcome = run(cmd, actor, core)
+            reply = job_reply(outcome) if outcome.job is not None else outcome.reply
+        ack(text=fallback_text(reply), blocks=reply_blocks(reply),
+            response_type="ephemeral" if reply.ephemeral else "in_channel")

@@ -1,0 +1,41 @@
+"""What slash commands and mentions share: build the actor, run the command, shape errors."""
+
+from __future__ import annotations
+
+import logging
+
+from tunebot.commands import Command
+from tunebot.replies import Reply, error
+from tunebot.service import Actor, App, Outcome, execute
+
+log = logging.getLogger(__name__)
+UNAVAILABLE = ("tunebot is temporarily unavailable (its database or queue is not answering); "
+               "nothing was started — please try again in a minute.")
+
+
+def actor_for(core: App, *, team_id: str, user_id: str, channel: str | None,
+              thread_ts: str | None, response_url: str | None, key: str | None) -> Actor:
+    """The actor of a Slack request; admins come from TUNEBOT_ADMINS."""
+    return Actor(team_id=team_id, user_id=user_id, is_admin=core.settings.is_admin(user_id),
+                 channel=channel, thread_ts=thread_ts, response_url=response_url,
+                 idempotency_key=key)
+
+
+def run(cmd: Command, actor: Actor, core: App) -> Outcome:
+    """Execute a command; an outage becomes a plain 'temporarily unavailable' answer."""
+    try:
+        return execute(cmd, actor, core)
+    except Exception as exc:  # the database or broker is down: answer, never crash
+        log.warning("command failed: %s: %s", exc.__class__.__name__, str(exc)[:200])
+        return Outcome(error(UNAVAILABLE))
+
+
+def job_reply(outcome: Outcome) -> Reply:
+    """What the requester sees about the job their command created or found."""
+    job = outcome.job
+    assert job is not None
+    if outcome.created:
+        text = f"Queued {job.title} as job #{job.id} — I'll answer in a thread here."
+    else:
+        text = f"That request is already job #{job.id} ({job.status})."
+    return Reply(text=text, ephemeral=True)

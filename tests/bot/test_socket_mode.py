@@ -1,0 +1,43 @@
+"""The same slash command through Socket Mode: envelope in, ack with the answer out, one job."""
+
+from __future__ import annotations
+
+import threading
+
+from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+from bot.app import build_bolt
+from tests.bot.conftest import Stack
+from tests.bot.test_slack_e2e import job_count, wait_root_final
+from tests.slack_api.payloads import (
+    app_mention_event,
+    event_envelope,
+    slash_command_fields,
+    socket_envelope,
+)
+
+
+def test_slash_command_and_retried_event_over_socket_mode(stack: Stack) -> None:
+    bolt = build_bolt(stack.settings, stack.core)
+    handler = SocketModeHandler(bolt, "xapp-test")
+    thread = threading.Thread(target=handler.connect, daemon=True)
+    thread.start()
+    try:
+        stack.slack.wait_socket_connected(timeout=15)
+        fields = slash_command_fields("ping seconds=0.2", command="/tunebot",
+                                      trigger_id="9.9.socket")
+        env_id = stack.slack.socket_send(socket_envelope(fields, "slash_commands"))
+        ack = stack.slack.wait_socket_ack(env_id, timeout=15)
+        assert ack.payload is not None and "Queued" in ack.payload["text"]
+        wait_root_final(stack)
+        # An events_api redelivery (retry_attempt 1) of the same event_id makes no second job.
+        event = event_envelope(app_mention_event("<@U0BOT> tunebot ping"), event_id="EvSOCK1")
+        for attempt in (0, 1):
+            eid = stack.slack.socket_send(socket_envelope(event, retry_attempt=attempt,
+                                                          retry_reason="timeout" if attempt
+                                                          else ""))
+            stack.slack.wait_socket_ack(eid, timeout=15)
+        stack.slack.wait_for(lambda: job_count(stack) == 2 or None, timeout=15)
+        assert job_count(stack) == 2
+    finally:
+        handler.close()
