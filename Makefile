@@ -23,7 +23,7 @@ demo: install
 	$(BIN)/tunebot demo
 
 lint: install
-	$(BIN)/ruff check tunebot bot workers tests bench migrations
+	$(BIN)/ruff check .
 
 test: lint
 	$(BIN)/pytest -q -p no:cacheprovider
