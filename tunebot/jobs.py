@@ -220,8 +220,13 @@ def renew_lease(engine: Engine, job_id: int, owner: str, lease_seconds: float,
 
 
 def finish(engine: Engine, job_id: int, owner: str, status: str, *,
-           error: str | None = None, result: dict[str, Any] | None = None) -> bool:
-    """End a running job we hold; False when the lease was lost (someone else owns it now)."""
+           error: str | None = None, result: dict[str, Any] | None = None,
+           final: Reply | None = None, waker: Waker | None = None) -> bool:
+    """End a running job we hold; False when the lease was lost (someone else owns it now).
+
+    The final reply is recorded in the same transaction, so whoever sees the final status also
+    sees the final message.
+    """
     if status not in FINAL_STATUSES:
         raise IllegalTransition(f"finish takes a final status, not {status}")
     check_transition("running", status)
@@ -236,7 +241,16 @@ def finish(engine: Engine, job_id: int, owner: str, status: str, *,
             update(Job).where(Job.id == job_id, Job.status == "running",  # type: ignore[arg-type]
                               Job.lease_owner == owner).values(**values)  # type: ignore[arg-type]
         )
-        return res.rowcount == 1  # type: ignore[attr-defined]
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        job = session.get(Job, job_id)
+        assert job is not None
+        channel = job.channel
+        if final is not None:
+            _add_event(session, job, final, "final")
+    if final is not None and waker is not None and channel:
+        _notify(waker, job_id)
+    return True
 
 
 def request_cancel(engine: Engine, job_id: int) -> str:
@@ -254,6 +268,25 @@ def request_cancel(engine: Engine, job_id: int) -> str:
         return job.status
 
 
+def _add_event(session: Session, job: Job, reply: Reply, kind: str) -> JobEvent:
+    seq = session.execute(
+        select(func.coalesce(func.max(JobEvent.seq), 0))
+        .where(JobEvent.job_id == job.id)  # type: ignore[arg-type]
+    ).scalar_one() + 1
+    assert job.id is not None
+    event = JobEvent(job_id=job.id, team_id=job.team_id, seq=seq, kind=kind,
+                     payload=reply.to_dict())
+    session.add(event)
+    return event
+
+
+def _notify(waker: Waker, job_id: int) -> None:
+    try:
+        waker.send_notify(job_id)
+    except Exception:
+        log.warning("could not wake the notifier for job %s; it retries from SQL", job_id)
+
+
 def emit(engine: Engine, job_id: int, reply: Reply, waker: Waker | None = None,
          kind: str = "reply") -> JobEvent:
     """Record what a job says (next seq in its thread) and ask the notifier to deliver it."""
@@ -263,15 +296,7 @@ def emit(engine: Engine, job_id: int, reply: Reply, waker: Waker | None = None,
                 job = session.get(Job, job_id)
                 if job is None:
                     raise LookupError(job_id)
-                seq = session.execute(
-                    select(func.coalesce(func.max(JobEvent.seq), 0))
-                    .where(JobEvent.job_id == job_id)  # type: ignore[arg-type]
-                ).scalar_one() + 1
-                event = JobEvent(job_id=job_id, team_id=job.team_id, seq=seq, kind=kind,
-                                 payload=reply.to_dict())
-                session.add(event)
-                if reply.status is not None:
-                    job.title = job.title or reply.status
+                event = _add_event(session, job, reply, kind)
                 channel = job.channel
             break
         except IntegrityError:  # two writers took the same seq: take the next one
@@ -279,10 +304,7 @@ def emit(engine: Engine, job_id: int, reply: Reply, waker: Waker | None = None,
     else:
         raise RuntimeError(f"could not record an event for job {job_id}")
     if waker is not None and channel:
-        try:
-            waker.send_notify(job_id)
-        except Exception:
-            log.warning("could not wake the notifier for job %s; it retries from SQL", job_id)
+        _notify(waker, job_id)
     return event
 
 
@@ -340,6 +362,10 @@ def reconcile(engine: Engine, waker: Waker | None, *, resend_after: float) -> Re
             if res.rowcount == 1:  # type: ignore[attr-defined]
                 assert job.id is not None
                 target.append(job.id)
+                if target is out.failed:
+                    line = f"❌ {job.title or job.kind} · #{job.id} · {values['status']}"
+                    _add_event(session, job, Reply(text=f"{line}: {values['error']}",
+                                                   status=line, error=True), "final")
         # Queued jobs whose wake-up the broker may have lost: re-send with back-off, since a
         # duplicate wake-up is harmless (the lease admits one run) but an unbounded one is noise.
         stale = session.execute(
@@ -366,16 +392,13 @@ def reconcile(engine: Engine, waker: Waker | None, *, resend_after: float) -> Re
                    Job.channel.is_not(None)).distinct()  # type: ignore[union-attr]
         ).scalars().all()
         out.notify = list(undelivered)
-    for job_id in out.failed:
-        emit(engine, job_id, Reply(text=f"❌ job #{job_id} stopped: {get(engine, job_id).error}",  # type: ignore[union-attr]
-                                   status=f"❌ #{job_id} failed", error=True), waker)
     if waker is not None:
         for job_id in [*out.requeued, *out.resent]:
             try:
                 waker.send_job(job_id, queues[job_id])
             except Exception:
                 log.warning("broker unavailable; job %s stays queued in SQL", job_id)
-        for job_id in out.notify:
+        for job_id in sorted({*out.notify, *out.failed}):
             try:
                 waker.send_notify(job_id)
             except Exception:

@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 # kind → "module:Class"; imported on first use so a worker loads only what it runs.
 RUNNERS = {
     "noop": "workers.runners.noop:NoopRunner",
+    "prompt_test": "workers.runners.prompt_test:PromptTestRunner",
+    "prompt_compare": "workers.runners.prompt_test:PromptTestRunner",
+    "compare": "workers.runners.compare:CompareRunner",
 }
 
 
@@ -97,11 +100,12 @@ def execute_job(settings: Settings, engine: Engine, waker: jobs.Waker | None,
         status, error = "failed", f"internal error ({exc.__class__.__name__}): {str(exc)[:300]}"
     finally:
         beat.stop()
-    if not jobs.finish(engine, job_id, owner, status, error=error, result=result):
-        return "lease-lost"
     title = taken.title or taken.kind
     icon = {"succeeded": "✅", "failed": "❌", "cancelled": "⏹"}[status]
-    text = f"{icon} {title} · #{job_id} · {status}" + (f": {error}" if error else "")
-    jobs.emit(engine, job_id, Reply(text=text, status=f"{icon} {title} · #{job_id} · {status}",
-                                    error=status == "failed"), waker, kind="final")
+    line = f"{icon} {title} · #{job_id} · {status}"
+    final = Reply(text=line + (f": {error}" if error else ""), status=line,
+                  error=status == "failed")
+    if not jobs.finish(engine, job_id, owner, status, error=error, result=result, final=final,
+                       waker=waker):
+        return "lease-lost"
     return status
