@@ -1,0 +1,1 @@
+"""Benchmarks of tunebot against plain baselines; each writes JSON next to it."""

@@ -1,0 +1,170 @@
+"""Any OpenAI-compatible /v1/chat/completions endpoint (vLLM, llama.cpp, Ollama, OpenAI)."""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from tunebot.errors import JobError
+from workers.backends.base import Generation, GenParams, Message
+
+log = logging.getLogger(__name__)
+MAX_STOPS = 4  # the OpenAI API takes at most four stop sequences
+
+
+def chat_url(base_url: str) -> str:
+    """The chat completions URL for a base URL given with or without its /v1."""
+    base = base_url.rstrip("/")
+    return f"{base}/chat/completions" if base.endswith("/v1") else f"{base}/v1/chat/completions"
+
+
+class OpenAIBackend:
+    """Chat completions over HTTP with bounded concurrency, timeouts and retries."""
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        api_key: SecretStr | str | None = None,
+        concurrency: int = 4,
+        timeout: float = 60.0,
+        *,
+        max_retries: int = 4,
+        backoff: float = 0.5,
+        max_wait: float = 60.0,
+    ) -> None:
+        self.name = f"openai:{model}"
+        self.model = model
+        self.url = chat_url(base_url)
+        self._key = api_key if isinstance(api_key, SecretStr) or api_key is None else SecretStr(
+            api_key
+        )
+        self.concurrency = max(1, concurrency)
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_wait = max_wait
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(model={self.model!r}, url={self.url!r})"  # never the key
+
+    def generate(self, prompts: list[list[Message]], params: GenParams) -> list[Generation]:
+        """Answer each prompt, at most `concurrency` requests in flight."""
+        if not prompts:
+            return []
+        headers = {"Content-Type": "application/json"}
+        if self._key is not None and self._key.get_secret_value():
+            headers["Authorization"] = f"Bearer {self._key.get_secret_value()}"
+        abort = threading.Event()
+        timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0))
+        limits = httpx.Limits(max_connections=self.concurrency)
+        with httpx.Client(timeout=timeout, headers=headers, limits=limits) as client, \
+                ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
+            futures = [
+                pool.submit(self._one, client, self._body(i, p, params), params.stop, abort)
+                for i, p in enumerate(prompts)
+            ]
+            try:
+                return [f.result() for f in futures]
+            except BaseException:
+                abort.set()  # the rest give up at their next attempt instead of retrying
+                for f in futures:
+                    f.cancel()
+                raise
+
+    def _body(self, i: int, messages: list[Message], params: GenParams) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model, "messages": messages, "temperature": params.temperature,
+            "top_p": params.top_p, "max_tokens": params.max_new_tokens,
+        }
+        if params.stop:
+            body["stop"] = list(params.stop[:MAX_STOPS])
+        if params.seed is not None:
+            body["seed"] = params.seed + i  # distinct per prompt so repeated prompts differ
+        return body
+
+    def _one(self, client: httpx.Client, body: dict[str, Any], stop: tuple[str, ...],
+             abort: threading.Event) -> Generation:
+        started = time.perf_counter()
+        for attempt in range(self.max_retries + 1):
+            if abort.is_set():
+                raise JobError("cancelled after another request failed")
+            t0 = time.perf_counter()
+            try:
+                resp = client.post(self.url, json=body)
+            except httpx.TimeoutException:
+                problem = f"the OpenAI-compatible endpoint at {self.url} timed out after "
+                problem, wait = problem + f"{self.timeout:g} s", None
+            except httpx.TransportError as exc:
+                problem = f"cannot reach the OpenAI-compatible endpoint at {self.url}: {exc}"
+                wait = None
+            else:
+                if resp.status_code < 400:
+                    return _generation(resp, stop, (time.perf_counter() - t0) * 1000,
+                                       attempt, (time.perf_counter() - started) * 1000)
+                if resp.status_code != 429 and resp.status_code < 500:
+                    raise JobError(_refusal(self.url, resp))
+                problem = f"the endpoint at {self.url} answered HTTP {resp.status_code}"
+                wait = _retry_after(resp.headers.get("retry-after"))
+            if attempt == self.max_retries:
+                break
+            delay = wait if wait is not None else self.backoff * 2**attempt * random.uniform(1, 1.5)
+            log.warning("%s; retry %d/%d in %.2f s", problem, attempt + 1, self.max_retries, delay)
+            time.sleep(min(delay, self.max_wait))
+        raise JobError(f"{problem} (gave up after {self.max_retries + 1} attempts)")
+
+
+def _generation(resp: httpx.Response, stop: tuple[str, ...], latency_ms: float, retries: int,
+                wall_ms: float) -> Generation:
+    try:
+        data = resp.json()
+        text = data["choices"][0]["message"].get("content") or ""
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise JobError(f"the endpoint answered something that is not a chat completion: "
+                       f"{resp.text[:200]!r}") from exc
+    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    if cuts:
+        text = text[:min(cuts)]
+    usage = data.get("usage") or {}
+    return Generation(
+        text=text, tokens_in=int(usage.get("prompt_tokens") or 0),
+        tokens_out=int(usage.get("completion_tokens") or 0), latency_ms=latency_ms,
+        extra={"retries": retries, "wall_ms": round(wall_ms, 2), "usage_reported": bool(usage),
+               "finish_reason": data["choices"][0].get("finish_reason")},
+    )
+
+
+def _refusal(url: str, resp: httpx.Response) -> str:
+    try:
+        err = resp.json().get("error")
+        detail = err.get("message") if isinstance(err, dict) else err
+    except (ValueError, AttributeError):
+        detail = None
+    detail = detail or resp.text[:200] or resp.reason_phrase
+    hint = " — check TUNEBOT_OPENAI_API_KEY" if resp.status_code in (401, 403) else ""
+    return f"the endpoint at {url} refused the request (HTTP {resp.status_code}): {detail}{hint}"
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
