@@ -26,6 +26,10 @@ cli = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="tunebot: prompt catalog, prompt tests and fine-tunes, measured.")
 db_cli = typer.Typer(no_args_is_help=True, help="Database schema.")
 cli.add_typer(db_cli, name="db")
+catalog_cli = typer.Typer(no_args_is_help=True, help="The prompt catalog on disk (prompts/).")
+cli.add_typer(catalog_cli, name="catalog")
+dataset_cli = typer.Typer(no_args_is_help=True, help="Datasets (eval sets, training data).")
+cli.add_typer(dataset_cli, name="dataset")
 
 NO_WORKER_SECONDS = 30.0
 
@@ -61,6 +65,64 @@ def db_upgrade(revision: str = "head") -> None:
     settings = _settings()
     migrate.upgrade(settings.database_url, revision)
     typer.echo(f"database at {revision}: {make_url(settings.database_url).render_as_string()}")
+
+
+def _print_report(lines: list[str], failed: bool) -> None:
+    for line in lines:
+        typer.echo(line)
+    if failed:
+        raise typer.Exit(1)
+
+
+@catalog_cli.command("import")
+def catalog_import(
+    directory: Annotated[Path, typer.Argument(help="a catalog directory, e.g. prompts/")],
+) -> None:
+    """Register DIR/*.yaml prompts and DIR/datasets/* files; idempotent."""
+    from tunebot.catalog_io import import_dir
+
+    settings = _settings()
+    ensure_schema(settings)
+    actor = cli_actor(settings)
+    report = import_dir(engine=make_engine(settings.database_url), settings=settings,
+                        team_id=actor.team_id, user=actor.user_id, path=directory)
+    _print_report(report.lines(), not report.ok)
+
+
+@catalog_cli.command("export")
+def catalog_export(
+    directory: Annotated[Path, typer.Argument(help="where to write NAME.yaml and datasets/")],
+) -> None:
+    """Write the workspace's prompts and datasets as a catalog directory."""
+    from tunebot.catalog_io import export_dir
+
+    settings = _settings()
+    ensure_schema(settings)
+    report = export_dir(engine=make_engine(settings.database_url), settings=settings,
+                        team_id=cli_actor(settings).team_id, path=directory)
+    _print_report(report.lines(), not report.ok)
+
+
+@dataset_cli.command("add")
+def dataset_add(
+    name: Annotated[str, typer.Argument(help="dataset name")],
+    file: Annotated[Path, typer.Argument(help="JSONL, CSV or YAML rows")],
+) -> None:
+    """Validate a data file and store it as the dataset's next version."""
+    from tunebot.datasets import add_dataset
+
+    settings = _settings()
+    ensure_schema(settings)
+    actor = cli_actor(settings)
+    try:
+        ds, created = add_dataset(engine=make_engine(settings.database_url), settings=settings,
+                                  team_id=actor.team_id, name=name, path=file,
+                                  user=actor.user_id)
+    except UserError as exc:
+        _print_report([f"✗ {file}: failed — {exc}"], True)
+        return
+    status = "created" if created and ds.version == 1 else "updated" if created else "unchanged"
+    _print_report([f"{file}: {status} — {ds.name} v{ds.version}, {ds.row_count} rows"], False)
 
 
 @cli.command()

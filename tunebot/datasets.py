@@ -1,0 +1,148 @@
+"""Datasets: validated eval/training files, versioned by content, copied under the artifact root.
+
+Each call here is a unit of work on its own (`fn(*, engine, …)`): adding a dataset writes a
+file and a row together, and the file is removed again if the row cannot be committed.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from tunebot.commands import parse_name
+from tunebot.datafiles import format_report, parse_rows
+from tunebot.db import session_scope
+from tunebot.errors import NotFound, UserError
+from tunebot.models import Dataset, utcnow
+from tunebot.service import Actor, require_owner_or_admin
+from tunebot.settings import Settings
+
+TEAM_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+EXTENSIONS = {"jsonl": "jsonl", "csv": "csv", "tsv": "tsv", "yaml": "yaml"}
+USAGE = "/dataset add NAME  (with a file)"
+
+
+def dataset_dir(settings: Settings, team_id: str) -> Path:
+    """Where a workspace's dataset files live; the team id is checked so it cannot walk out."""
+    if not TEAM_RE.match(team_id):
+        raise UserError(f"`{team_id[:40]}` is not a valid workspace id")
+    root = (settings.artifacts / "datasets").resolve()
+    path = (root / team_id).resolve()
+    if root not in path.parents:
+        raise UserError("bad dataset location")
+    return path
+
+
+def _live(session: Any, team_id: str, name: str) -> Dataset | None:
+    return session.execute(select(Dataset).where(
+        Dataset.team_id == team_id, Dataset.name == name,
+        Dataset.deleted_at.is_(None),  # type: ignore[union-attr]
+    ).order_by(Dataset.version.desc()).limit(1)).scalar_one_or_none()  # type: ignore[attr-defined]
+
+
+def add_dataset(*, engine: Engine, settings: Settings, team_id: str, name: str, path: Path,
+                user: str) -> tuple[Dataset, bool]:
+    """Validate a file and store it as the next version; identical to the latest, nothing new."""
+    parse_name(name, USAGE, "dataset name")
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no such file: {path.name}", USAGE)
+    size = path.stat().st_size
+    if size > settings.max_upload_mb * 1024 * 1024:
+        raise UserError(f"{path.name} is {size / 1e6:.1f} MB; the limit is "
+                        f"{settings.max_upload_mb} MB (TUNEBOT_MAX_UPLOAD_MB)")
+    result = parse_rows(path, max_rows=settings.max_rows)
+    if not result.ok or result.content_hash is None:
+        raise UserError(f"{name}: the file was refused.\n{format_report(result)}")
+    target_dir = dataset_dir(settings, team_id)
+    for _ in range(3):  # two people adding the same name at once: retry on the version clash
+        with session_scope(engine) as session:
+            latest = _live(session, team_id, name)
+            if latest is not None and latest.content_hash == result.content_hash:
+                return latest, False
+            top = session.execute(select(func.max(Dataset.version)).where(
+                Dataset.team_id == team_id, Dataset.name == name)).scalar_one()
+            version = (top or 0) + 1
+        target = target_dir / f"{name}-v{version}.{EXTENSIONS[result.fmt]}"
+        target_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        row = Dataset(
+            team_id=team_id, name=name, version=version, content_hash=result.content_hash,
+            format=result.fmt, row_count=len(result.rows), stats=result.stats,
+            report={"text": format_report(result), "columns": result.columns,
+                    "warning_count": result.warning_count,
+                    "warnings": [str(w) for w in result.warnings], "source": path.name},
+            artifact_path=str(target), created_by=user)
+        try:
+            with session_scope(engine) as session:
+                session.add(row)
+            return row, True
+        except IntegrityError:
+            target.unlink(missing_ok=True)
+    raise UserError(f"{name} is being changed by someone else right now; try again")
+
+
+def get_dataset(*, engine: Engine, team_id: str, name: str,
+                version: int | None = None) -> Dataset:
+    """A live dataset (its latest version, or the one asked for), or NotFound."""
+    with session_scope(engine) as session:
+        latest = _live(session, team_id, name)
+        if latest is None:
+            raise NotFound(f"no dataset `{name}` in this workspace; try /dataset list")
+        if version is None or version == latest.version:
+            return latest
+        row = session.execute(select(Dataset).where(
+            Dataset.team_id == team_id, Dataset.name == name, Dataset.version == version,
+            Dataset.deleted_at.is_(None),  # type: ignore[union-attr]
+        )).scalar_one_or_none()
+        if row is None:
+            raise NotFound(f"{name} has no version {version} (latest is {latest.version})")
+        return row
+
+
+def list_datasets(*, engine: Engine, team_id: str) -> list[Dataset]:
+    """The latest live version of every dataset of a workspace, by name."""
+    with session_scope(engine) as session:
+        rows = session.execute(select(Dataset).where(
+            Dataset.team_id == team_id, Dataset.deleted_at.is_(None),  # type: ignore[union-attr]
+        ).order_by(Dataset.name, Dataset.version)).scalars().all()
+    latest: dict[str, Dataset] = {}
+    for row in rows:
+        latest[row.name] = row
+    return list(latest.values())
+
+
+def load_rows(dataset: Dataset) -> list[dict[str, Any]]:
+    """The rows of a stored dataset, checked against the hash recorded when it was added."""
+    path = Path(dataset.artifact_path)
+    if not path.is_file():
+        raise UserError(f"the file of dataset {dataset.name} v{dataset.version} is missing "
+                        f"({path.name}); add it again")
+    result = parse_rows(path, fmt=dataset.format, max_rows=max(dataset.row_count, 1))
+    if result.content_hash != dataset.content_hash or not result.ok:
+        raise UserError(f"the file of dataset {dataset.name} v{dataset.version} changed on disk "
+                        "since it was added; add it again")
+    return list(result.rows)
+
+
+def delete_dataset(*, engine: Engine, team_id: str, name: str, actor: Actor) -> int:
+    """Soft-delete every version of a dataset (its first uploader or an admin); the count."""
+    with session_scope(engine) as session:
+        rows = session.execute(select(Dataset).where(
+            Dataset.team_id == team_id, Dataset.name == name,
+            Dataset.deleted_at.is_(None),  # type: ignore[union-attr]
+        ).order_by(Dataset.version)).scalars().all()
+        if not rows:
+            raise NotFound(f"no dataset `{name}` in this workspace; try /dataset list")
+        require_owner_or_admin(rows[0].created_by, actor, f"dataset `{name}`")
+        now = utcnow()
+        for row in rows:
+            row.deleted_at = now
+            session.add(row)
+        return len(rows)

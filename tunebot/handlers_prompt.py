@@ -1,0 +1,283 @@
+"""/prompt list · show · history · diff · label · render · delete · new · edit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from tunebot import catalog, datasets
+from tunebot.catalog_io import read_version_file
+from tunebot.commands import Command, Ref
+from tunebot.db import session_scope
+from tunebot.errors import NotFound, UserError
+from tunebot.models import PromptVersion
+from tunebot.replies import Reply, code, context, fields, section, table
+from tunebot.service import Actor, App, Outcome, handler
+from tunebot.templates import render_messages
+
+MAX_BLOCK = 2800  # Slack caps a text block at 3,000 characters
+
+
+def clip(text: str, limit: int = MAX_BLOCK) -> str:
+    """Text cut to fit one block, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 40] + f"\n… ({len(text) - limit + 40:,} more characters)"
+
+
+def _one_line(text: str, limit: int = 60) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def messages_text(content: dict[str, Any]) -> str:
+    """A version's messages (or template) as plain text, one `[role]` header per message."""
+    if content.get("messages"):
+        return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in content["messages"])
+    return content.get("template") or ""
+
+
+def params_text(content: dict[str, Any]) -> str:
+    """Generation parameters as `k=v · k=v`."""
+    params = content.get("params") or {}
+    return " · ".join(f"{k}={json.dumps(v) if isinstance(v, list) else v}"
+                      for k, v in params.items()) or "runner defaults"
+
+
+def output_text(content: dict[str, Any]) -> str:
+    """The expected output format in words."""
+    out = content.get("output") or {}
+    fmt = out.get("format", "text")
+    if fmt == "choice":
+        return "one of: " + " | ".join(out.get("choices", []))
+    if fmt == "json":
+        return "JSON" + (" (with a schema)" if out.get("schema") else "")
+    return "free text"
+
+
+def _labels_text(labels: dict[str, int], version: int | None = None) -> str:
+    if not labels:
+        return "none"
+    return ", ".join(f"{k}→v{v}" + (" ✓" if v == version else "") for k, v in labels.items())
+
+
+def _usage_file(cmd: Command) -> UserError:
+    return UserError(f"/prompt {cmd.action} needs a YAML file: attach one in Slack, or run "
+                     f'`tunebot run "{cmd.text.strip() or "/prompt " + cmd.action}" '
+                     "--file prompt.yaml` (or use the form in Slack)", cmd.spec.usage)
+
+
+@handler("prompt", "list")
+def list_(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+    """Prompts of the workspace, optionally filtered by a search query."""
+    query = cmd.args.get("query", "")
+    with session_scope(app.engine) as session:
+        found = catalog.list_prompts(session=session, team_id=actor.team_id, query=query)
+    if not found:
+        text = (f"No prompt matches `{query}`." if query else
+                "No prompts yet. Add one with /prompt new (or `tunebot catalog import prompts/`).")
+        return Outcome(Reply(text=text, blocks=[section(text)]))
+    rows = [[s.prompt.name, f"v{s.latest.version}" if s.latest else "—",
+             _labels_text(s.labels), ", ".join(s.prompt.tags or []),
+             _one_line(s.prompt.description, 50)] for s in found]
+    head = f"{len(found)} prompt{'s' if len(found) != 1 else ''}" + (
+        f" matching `{query}`" if query else "")
+    return Outcome(Reply(text=head, blocks=[
+        section(head), table(["name", "latest", "labels", "tags", "description"], rows),
+        context("/prompt show NAME · /prompt history NAME")]))
+
+
+def _dataset_line(app: App, team_id: str, name: str) -> str:
+    try:
+        ds = datasets.get_dataset(engine=app.engine, team_id=team_id, name=name)
+    except NotFound:
+        return f"{name} (not in the catalog)"
+    return f"{name} (v{ds.version}, {ds.row_count} rows)"
+
+
+@handler("prompt", "show")
+def show(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+    """A version: messages, variables, parameters, output format, docs, labels and datasets."""
+    ref: Ref = cmd.args["ref"]
+    with session_scope(app.engine) as session:
+        v = catalog.resolve(session=session, team_id=actor.team_id, ref=ref)
+        prompt = catalog.get_prompt(session=session, team_id=actor.team_id, name=ref.name)
+        latest = catalog.latest_version(session=session, prompt=prompt)
+        labels = catalog.labels_of(session=session, team_id=actor.team_id, name=ref.name)
+    c = v.content
+    title = f"{prompt.name}@{v.version}"
+    here = [k for k, n in labels.items() if n == v.version]
+    head = f"*{title}*" + (f" ({', '.join(here)})" if here else "") + (
+        f" — {prompt.description}" if prompt.description else "")
+    pairs = [("version", f"v{v.version} of {latest.version if latest else v.version}"),
+             ("labels", _labels_text(labels, v.version)), ("owner", prompt.owner),
+             ("author", v.author), ("saved", v.created_at.strftime("%Y-%m-%d %H:%M")),
+             ("change", v.message or "—"), ("model", c.get("model") or "default"),
+             ("params", params_text(c)), ("output", output_text(c))]
+    if c.get("tone"):
+        pairs.append(("tone", c["tone"]))
+    for role, name in (prompt.datasets or {}).items():
+        pairs.append((f"{role} set", _dataset_line(app, actor.team_id, name)))
+    if prompt.tags:
+        pairs.append(("tags", ", ".join(prompt.tags)))
+    blocks = [section(head), fields(pairs), code(clip(messages_text(c)))]
+    variables = c.get("variables") or {}
+    if variables:
+        blocks.append(table(["variable", "description"], [[k, d] for k, d in variables.items()]))
+    docs = c.get("docs") or {}
+    for key, label in (("context", "Context"), ("task", "Task"), ("limitations", "Limitations")):
+        if docs.get(key):
+            blocks.append(section(clip(f"*{label}:* {docs[key].strip()}")))
+    examples = docs.get("examples") or []
+    if examples:
+        rows = [[_one_line(json.dumps(e.get("input", {}), ensure_ascii=False), 70),
+                 _one_line(e.get("output") if isinstance(e.get("output"), str)
+                           else json.dumps(e.get("output"), ensure_ascii=False), 40)]
+                for e in examples[:5]]
+        blocks.append(table(["example input", "output"], rows))
+    if c.get("scorers"):
+        blocks.append(context("scorers: " + ", ".join(
+            s if isinstance(s, str) else str(s.get("type", s)) for s in c["scorers"])))
+    blocks.append(context(f"hash {v.content_hash[:12]} · /prompt render {title} "
+                          + " ".join(f"{k}=…" for k in variables)))
+    return Outcome(Reply(text=f"{title}: {prompt.description}".strip(": "), blocks=blocks))
+
+
+@handler("prompt", "history")
+def history(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+    """Every version of a prompt and every label move."""
+    with session_scope(app.engine) as session:
+        h = catalog.history(session=session, team_id=actor.team_id, name=cmd.args["name"])
+        labels = catalog.labels_of(session=session, team_id=actor.team_id, name=h.prompt.name)
+    by_version: dict[int, list[str]] = {}
+    for label, n in labels.items():
+        by_version.setdefault(n, []).append(label)
+    rows = [[f"v{v.version}", v.author, v.created_at.strftime("%Y-%m-%d %H:%M"),
+             _one_line(v.message or "—", 50), ", ".join(by_version.get(v.version, [])),
+             v.content_hash[:8]] for v in reversed(h.versions)]
+    blocks = [section(f"*{h.prompt.name}* — {len(h.versions)} versions, owner {h.prompt.owner}"),
+              table(["version", "author", "saved", "change", "labels", "hash"], rows)]
+    if h.moves:
+        moves = [[m.moved_at.strftime("%Y-%m-%d %H:%M"), m.label,
+                  f"v{m.from_version}" if m.from_version else "—",
+                  f"v{m.to_version}" if m.to_version else "—", m.moved_by]
+                 for m in reversed(h.moves)]
+        blocks.append(table(["when", "label", "from", "to", "by"], moves))
+    return Outcome(Reply(text=f"history of {h.prompt.name}", blocks=blocks))
+
+
+def _resolve_named(session: Any, team_id: str, ref: Ref) -> tuple[PromptVersion, str]:
+    v = catalog.resolve(session=session, team_id=team_id, ref=ref)
+    return v, f"{ref.name}@{v.version}"
+
+
+@handler("prompt", "diff")
+def diff(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+    """What changed between two versions: the text, then each changed field."""
+    with session_scope(app.engine) as session:
+        a, an = _resolve_named(session, actor.team_id, cmd.args["ref"])
+        b, bn = _resolve_named(session, actor.team_id, cmd.args["ref2"])
+    d = catalog.diff(a, b, a_name=an, b_name=bn)
+    if d.same:
+        text = f"{an} and {bn} are identical."
+        return Outcome(Reply(text=text, blocks=[section(text)]))
+    blocks = [section(f"*{an}* → *{bn}*" + (f" — {b.message}" if b.message else ""))]
+    if d.text:
+        blocks.append(code(clip(d.text)))
+    else:
+        blocks.append(context("messages unchanged"))
+    if d.changes:
+        blocks.append(table(["field", an, bn], [list(c) for c in d.changes]))
+    return Outcome(Reply(text=f"diff {an} → {bn}", blocks=blocks))
+
+
+@handler("prompt", "label")
+def label(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+    """Point a label at a version, recording who moved it and from where."""
+    try:
+        with session_scope(app.engine) as session:
+            move = catalog.set_label(session=session, team_id=actor.team_id,
+                                     ref=cmd.args["ref"], label=cmd.args["label"],
+                                     user=actor.user_id)
+    except IntegrityError:
+        raise UserError("someone moved that label at the same moment; try again") from None
+    if not move.moved:
+        text = f"{move.name}:{move.label} already points at v{move.to_version}."
+    else:
+        was = f" (was v{move.from_version})" if move.from_version else " (new label)"
+        text = f"{move.name}:{move.label} → v{move.to_version}{was}."
+    return Outcome(Reply(text=text, blocks=[section(text)]))
+
+
+@handler("prompt", "render")
+def render(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+    """A version's messages with the given variables filled in."""
+    ref: Ref = cmd.args["ref"]
+    with session_scope(app.engine) as session:
+        v = catalog.resolve(session=session, team_id=actor.team_id, ref=ref)
+    try:
+        messages = render_messages(v.content, cmd.params)
+    except UserError as exc:
+        raise UserError(str(exc), cmd.spec.usage) from None
+    body = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages)
+    title = f"{ref.name}@{v.version}"
+    return Outcome(Reply(text=f"{title} rendered", blocks=[
+        section(f"*{title}* rendered ({sum(len(m['content']) for m in messages):,} characters)"),
+        code(clip(body))]))
+
+
+@handler("prompt", "delete")
+def delete(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+    """Soft-delete a prompt (its owner or an admin); versions and history are kept."""
+    name = cmd.args["name"]
+    with session_scope(app.engine) as session:
+        catalog.delete(session=session, team_id=actor.team_id, name=name, actor=actor)
+    text = (f"Deleted prompt {name}. Its versions and history are kept; saving a prompt "
+            "with the same name brings it back.")
+    return Outcome(Reply(text=text, blocks=[section(text)]))
+
+
+def _save(cmd: Command, actor: Actor, app: App, file: Path | None, mode: str) -> Outcome:
+    if file is None:
+        raise _usage_file(cmd)
+    meta, fields_ = read_version_file(file)
+    if mode == "new":
+        name = meta.get("name")
+        if not name:
+            raise UserError("the file needs a `name:` for the new prompt", cmd.spec.usage)
+    else:
+        name = cmd.args["name"]
+        if meta.get("name") not in (None, name):
+            raise UserError(f"the file is for `{meta['name']}`, not `{name}`", cmd.spec.usage)
+    try:
+        with session_scope(app.engine) as session:
+            v, created = catalog.save_version(
+                session=session, team_id=actor.team_id, name=str(name), content=fields_,
+                author=actor.user_id, message=str(fields_.get("message") or ""), mode=mode,  # type: ignore[arg-type]
+                description=meta.get("description"), tags=meta.get("tags"),
+                datasets=meta.get("datasets"))
+    except IntegrityError:
+        raise UserError(f"someone saved {name} at the same moment; try again") from None
+    if created:
+        text = f"Saved {name}@{v.version}." + (
+            "" if v.version > 1 else f" Label it with /prompt label {name}@1 production.")
+    else:
+        text = f"No change: the content is identical to {name}@{v.version}."
+    return Outcome(Reply(text=text, blocks=[section(text),
+                                            context(f"/prompt show {name}@{v.version}")]),
+                   extra={"version": v.version, "created": created})
+
+
+@handler("prompt", "new")
+def new(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+    """Create a prompt from a YAML file holding its first version."""
+    return _save(cmd, actor, app, file, "new")
+
+
+@handler("prompt", "edit")
+def edit(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+    """Save a new version of a prompt from a YAML file."""
+    return _save(cmd, actor, app, file, "edit")
