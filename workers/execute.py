@@ -24,6 +24,9 @@ RUNNERS = {
     "prompt_test": "workers.runners.prompt_test:PromptTestRunner",
     "prompt_compare": "workers.runners.prompt_test:PromptTestRunner",
     "compare": "workers.runners.compare:CompareRunner",
+    "data_check": "workers.runners.data_check:DataCheckRunner",
+    "finetune_estimate": "workers.runners.data_check:DataCheckRunner",
+    "finetune": "workers.runners.finetune:FinetuneRunner",
 }
 
 

@@ -1,0 +1,238 @@
+"""`/compare`: prompt vs fine-tuned vs both on the same held-out cases, with a recommendation."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from tunebot import registry, stats
+from tunebot.datafiles import leakage
+from tunebot.errors import JobError
+from tunebot.models import Job, ModelVersion, Prompt, PromptVersion
+from tunebot.recommend import MIN_CASES, Candidate, Context, recommend
+from tunebot.replies import Reply, context, image, section, table
+from workers.backends.registry import backend_for
+from workers.context import JobContext
+from workers.runners import report
+from workers.runners.evaluate import CandidateRun, evaluate, gen_params
+from workers.runners.prompt_test import load_rows, load_version
+
+RESERVED = ("expected", "assert")
+
+
+def minimal_content(content: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The prompt format `template=minimal` trains with: only the row's variables, bare."""
+    keys = [k for k in rows[0] if k not in RESERVED]
+    template = "\n".join(f"{k}: {{{{ {k} }}}}" for k in keys)
+    out = {k: v for k, v in content.items() if k not in ("messages", "template")}
+    out["messages"] = [{"role": "user", "content": template}]
+    return out
+
+
+def serving_cost_per_1k(run: CandidateRun, device: str, settings: Any, api: bool) -> float:
+    """Cost of 1,000 calls: API tokens at the token price, local models by measured seconds."""
+    cases = run.first_samples()
+    if api:
+        tokens = sum(o.tokens_in + o.tokens_out for o in cases) / max(len(cases), 1)
+        return tokens * settings.price_per_1k_tokens
+    seconds = sum(o.latency_ms for o in cases) / max(len(cases), 1) / 1000.0
+    hour = settings.price_gpu_hour if device.startswith("cuda") else settings.price_cpu_hour
+    return 1000.0 * seconds * hour / 3600.0
+
+
+class CompareRunner:
+    """Builds the candidates, runs them on the same cases, prices them and recommends."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        self.ctx = ctx
+        self.p = ctx.job.params
+
+    def run(self) -> dict[str, Any]:
+        """The whole comparison."""
+        ctx, p = self.ctx, self.p
+        version = load_version(ctx, p["prompt"]["version_id"])
+        pname = f"{p['prompt']['name']}@{p['prompt']['version']}"
+        rows = load_rows(ctx, p["dataset"], p["dataset_version"])
+        mv = self._model_version(p["model"])
+        rows, excluded = self._exclude_training_cases(rows, mv)
+        if len(rows) < MIN_CASES:
+            raise JobError(f"only {len(rows)} held-out cases remain after removing {excluded} "
+                           f"that were in the training data; at least {MIN_CASES} are needed")
+        plans = self._plans(version, pname, rows, mv)
+        resolve = registry.ft_resolver(ctx.engine, ctx.job.team_id)
+        ctx.say(f"Comparing {len(plans)} candidates on {len(rows)} held-out cases"
+                + (f" ({excluded} excluded: found in the adapter's training data)."
+                   if excluded else "."))
+        runs: list[tuple[dict[str, Any], CandidateRun, str]] = []
+        total = len(rows) * len(plans)
+        for i, plan in enumerate(plans):
+            backend = backend_for(plan["model"], ctx.settings, resolve_ft=resolve)
+            gen = gen_params(version.content, temperature=0.0, max_tokens=None)
+            run = evaluate(ctx, name=plan["name"], content=plan["content"], rows=rows,
+                           backend=backend, gen=gen, done=i * len(rows), total=total)
+            runs.append((plan, run, str(getattr(backend, "device", "api"))))
+        return self._report(runs, mv, version, excluded)
+
+    def _model_version(self, model: str) -> ModelVersion | None:
+        if not model.startswith("ft:"):
+            return None
+        from tunebot.commands import parse_ref
+
+        ref = parse_ref(model[3:], "/compare")
+        return registry.resolve_model(engine=self.ctx.engine, team_id=self.ctx.job.team_id,
+                                      name=ref.name, version=ref.version, label=ref.label)
+
+    def _exclude_training_cases(self, rows: list[dict[str, Any]],
+                                mv: ModelVersion | None) -> tuple[list[dict[str, Any]], int]:
+        if mv is None:
+            return rows, 0
+        train_file = Path(mv.adapter_path).parent / "train.jsonl"
+        if not train_file.is_file():
+            return rows, 0
+        train = [json.loads(line) for line in train_file.read_text().splitlines() if line]
+        # leakage() reports training items matching eval rows; here the eval rows go.
+        rep = leakage(rows, train)
+        leaked = {m.train_line for m in rep.matches}
+        kept = [r for i, r in enumerate(rows) if getattr(r, "line", i + 1) not in leaked]
+        return kept, len(rows) - len(kept)
+
+    def _plans(self, version: PromptVersion, pname: str, rows: list[dict[str, Any]],
+               mv: ModelVersion | None) -> list[dict[str, Any]]:
+        p = self.p
+        if mv is None:
+            base = version.content.get("model") or "smollm2"
+            return [{"name": f"{pname} on {base}", "kind": "prompt", "model": base,
+                     "content": version.content},
+                    {"name": f"{pname} on {p['model']}", "kind": "model", "model": p["model"],
+                     "content": version.content}]
+        ft = f"ft:{mv.name}@{mv.version}"
+        trained = (minimal_content(version.content, rows) if mv.template == "minimal"
+                   else version.content)
+        plans = [{"name": f"{pname} on {mv.base_model}", "kind": "prompt",
+                  "model": mv.base_model, "content": version.content},
+                 {"name": f"{ft} ({mv.template} prompt)", "kind": "tuned", "model": ft,
+                  "content": trained}]
+        if p.get("hybrid"):
+            plans.append({"name": f"{ft} + {pname}", "kind": "hybrid", "model": ft,
+                          "content": version.content})
+        return plans
+
+    def _history(self, version: PromptVersion) -> tuple[int, float, int]:
+        with Session(self.ctx.engine) as s:
+            versions = s.execute(select(PromptVersion).where(
+                PromptVersion.prompt_id == version.prompt_id)).scalars().all()  # type: ignore[arg-type]
+            prompt = s.get(Prompt, version.prompt_id)
+            tests = s.execute(select(Job).where(
+                Job.team_id == self.ctx.job.team_id,  # type: ignore[arg-type]
+                Job.kind.in_(("prompt_test", "prompt_compare")))).scalars().all()  # type: ignore[attr-defined]
+        name = prompt.name if prompt else ""
+        n_tests = sum(1 for j in tests if any(c.get("name") == name
+                                              for c in j.params.get("candidates", [])))
+        first = min(v.created_at for v in versions)
+        days = (version.created_at - first).total_seconds() / 86400
+        return len(versions), max(days, 0.0), n_tests
+
+    def _report(self, runs: list[tuple[dict[str, Any], CandidateRun, str]],
+                mv: ModelVersion | None, version: PromptVersion, excluded: int) -> dict[str, Any]:
+        ctx, s = self.ctx, self.ctx.settings
+        base_plan, base_run, _ = runs[0]
+        rows_out, cands = [], []
+        summaries = []
+        for plan, run, device in runs:
+            summ = report.summarize(run)
+            pval = 1.0 if run is base_run else report.paired(base_run, run).p_value
+            api = plan["model"].startswith("openai:")
+            cost = serving_cost_per_1k(run, device, s, api)
+            cand = Candidate(run.name, plan["kind"], summ["accuracy"], summ["judged"], cost,
+                             pval)
+            cands.append(cand)
+            summaries.append({**summ, "kind": plan["kind"], "p_vs_prompt": pval,
+                              "cost_per_1k": cost, "cost_per_1k_correct":
+                              cand.cost_per_1k_correct, "device": device})
+            rows_out.append([run.name, f"{summ['accuracy']:.1%}", stats.format_ci(*summ["ci"]),
+                             "—" if run is base_run else stats.format_p(pval),
+                             f"{summ['latency_p50_ms']:.0f}/{summ['latency_p95_ms']:.0f}",
+                             f"{summ['tokens_in']:.0f}/{summ['tokens_out']:.0f}",
+                             f"${cost:.4f}", f"${cand.cost_per_1k_correct:.4f}"])
+        train_seconds = float((mv.metrics or {}).get("train_seconds", 0.0)) if mv else 0.0
+        train_device = str((mv.metrics or {}).get("device", "cpu")) if mv else "cpu"
+        hour = s.price_gpu_hour if train_device.startswith("cuda") else s.price_cpu_hour
+        training_cost = train_seconds * hour / 3600.0
+        n_versions, days, n_tests = self._history(version)
+        tuned = list(cands[1:])
+        p_hybrid = 1.0
+        if len(runs) == 3:
+            p_hybrid = report.paired(runs[1][1], runs[2][1]).p_value
+        rec = recommend(cands[0], tuned, Context(
+            training_cost=training_cost, traffic_per_day=self.p.get("traffic"),
+            train_examples=int((mv.metrics or {}).get("train_examples", 0)) if mv else 0,
+            prompt_versions=n_versions, prompt_days=days, p_tuned_vs_hybrid=p_hybrid))
+        chart = self._chart(summaries)
+        deploy = self._deploy_times(mv)
+        header = ["candidate", "accuracy", "95% CI", "p vs prompt", "p50/p95 ms",
+                  "tokens in/out", "$/1k calls", "$/1k correct"]
+        prices = (f"prices: GPU ${s.price_gpu_hour}/h · CPU ${s.price_cpu_hour}/h · "
+                  f"API ${s.price_per_1k_tokens}/1k tokens (TUNEBOT_PRICE_*)")
+        lines = [f"training cost ${training_cost:.4f} ({train_seconds:.0f} s on {train_device})"
+                 if mv else "no training (both candidates are prompts)",
+                 f"time to deploy: {deploy}; the prompt: {n_versions} version(s), {n_tests} "
+                 f"test run(s), {days:.1f} day(s) from first to this version"]
+        if rec.break_even_calls is not None:
+            lines.append(f"break-even after ~{rec.break_even_calls:,.0f} calls"
+                         + (f" (~{rec.break_even_days:.1f} days)" if rec.break_even_days
+                            is not None else ""))
+        if excluded:
+            lines.append(f"{excluded} eval case(s) excluded: found in the training data")
+        blocks = [table(header, rows_out), context(prices), section("\n".join(lines)),
+                  section(rec.line + "\n" + "\n".join(f"• {r}" for r in rec.reasons)),
+                  image(str(chart), "accuracy vs cost per 1,000 calls")]
+        ctx.say(Reply(text=rec.line, blocks=blocks))
+        return {"candidates": summaries, "recommendation": rec.line, "decision": rec.decision,
+                "reasons": rec.reasons, "training_cost": training_cost, "chart": str(chart),
+                "break_even_calls": rec.break_even_calls, "break_even_days":
+                rec.break_even_days, "excluded": excluded, "headline": rec.line}
+
+    def _deploy_times(self, mv: ModelVersion | None) -> str:
+        if mv is None or mv.job_id is None:
+            return "prompt only"
+        with Session(self.ctx.engine) as s:
+            job = s.get(Job, mv.job_id)
+        if job is None or job.started_at is None or job.finished_at is None:
+            return "unknown"
+        secs = (_aware(job.finished_at) - _aware(job.started_at)).total_seconds()
+        return f"fine-tune job #{job.id} took {secs / 60:.1f} min (data check + training)"
+
+    def _chart(self, summaries: list[dict[str, Any]]) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+        for sm in summaries:
+            lo, hi = sm["ci"]
+            acc = sm["accuracy"]
+            ax.errorbar(sm["cost_per_1k"], 100 * acc,
+                        yerr=[[100 * (acc - lo)], [100 * (hi - acc)]], fmt="o", capsize=4,
+                        label=sm["candidate"])
+        ax.set_xlabel("serving cost per 1,000 calls ($)")
+        ax.set_ylabel("accuracy (%) with 95% CI")
+        ax.set_title("prompt vs fine-tuned: accuracy against cost")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        path = self.ctx.artifact_dir / "compare.png"
+        fig.savefig(path)
+        plt.close(fig)
+        return path
+
+
+def _aware(dt: datetime) -> datetime:
+    from datetime import UTC
+
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)

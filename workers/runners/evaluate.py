@@ -1,0 +1,162 @@
+"""One candidate (a prompt version on a model) over eval rows: render, generate, score, store."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete
+
+from tunebot.db import session_scope
+from tunebot.errors import JobError, UserError
+from tunebot.models import CaseResult
+from tunebot.templates import render_messages
+from workers.backends.base import Backend, GenParams
+from workers.context import JobContext
+from workers.scoring import ScoreContext, ScorerError, case_passed, default_scorers, score_case
+from workers.scoring.base import Score
+
+CHUNK = 16  # cases per generate call: big enough to batch well, small enough to report progress
+
+
+@dataclass
+class CaseOutcome:
+    """One case (one sample of it) of one candidate."""
+
+    index: int
+    sample: int
+    row: dict[str, Any]
+    messages: list[dict[str, str]]
+    output: str
+    expected: str | None
+    scores: list[Score]
+    passed: bool | None
+    latency_ms: float
+    tokens_in: int
+    tokens_out: int
+
+    @property
+    def value(self) -> float:
+        """The mean scorer value (0–1) of this case."""
+        return sum(s.value for s in self.scores) / len(self.scores) if self.scores else 0.0
+
+    @property
+    def predicted(self) -> str | None:
+        """The label the choice scorer read from the output, if any."""
+        return next((s.predicted for s in self.scores if s.predicted is not None), None)
+
+
+@dataclass
+class CandidateRun:
+    """Everything one candidate produced."""
+
+    name: str
+    output_spec: dict[str, Any]
+    samples: int
+    outcomes: list[CaseOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def first_samples(self) -> list[CaseOutcome]:
+        """Sample 0 of every case, in case order (what accuracy and pairing use)."""
+        return sorted((o for o in self.outcomes if o.sample == 0), key=lambda o: o.index)
+
+
+def gen_params(content: dict[str, Any], *, temperature: float | None,
+               max_tokens: int | None) -> GenParams:
+    """The version's generation parameters with the test's overrides."""
+    p = content.get("params") or {}
+    return GenParams(
+        temperature=float(temperature if temperature is not None else p.get("temperature", 0.0)),
+        top_p=float(p.get("top_p", 1.0)),
+        max_new_tokens=int(max_tokens or p.get("max_new_tokens", 64)),
+        stop=tuple(p.get("stop") or ()),
+        seed=p.get("seed"),
+    )
+
+
+def scorer_specs(content: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The version's scorers, or the default for its output format."""
+    specs = content.get("scorers") or default_scorers(
+        content.get("output") or {"format": "text"},
+        expected=next((r.get("expected") for r in rows if r.get("expected")), None))
+    try:
+        from workers.scoring import validate_specs
+
+        validate_specs(specs)
+    except ScorerError as exc:
+        raise JobError(f"bad scorer configuration: {exc}") from None
+    return list(specs)
+
+
+def render_all(content: dict[str, Any], rows: list[dict[str, Any]]) -> list[list[dict[str, str]]]:
+    """Every row's rendered chat; a row that cannot render fails the job naming its line."""
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            out.append(render_messages(content, row))
+        except UserError as exc:
+            line = getattr(row, "line", i + 1)
+            raise JobError(f"row on line {line} of the dataset: {exc}") from None
+    return out
+
+
+def evaluate(ctx: JobContext, *, name: str, content: dict[str, Any], rows: list[dict[str, Any]],
+             backend: Backend, gen: GenParams, samples: int = 1, done: int = 0,
+             total: int | None = None, store: bool = True) -> CandidateRun:
+    """Run a candidate over rows × samples, scoring and storing each case; reports progress."""
+    output_spec = content.get("output") or {"format": "text"}
+    specs = scorer_specs(content, rows)
+    prompts = render_all(content, rows)
+    total = total or len(rows) * samples
+    run = CandidateRun(name=name, output_spec=output_spec, samples=samples)
+    started = time.monotonic()
+    passed_so_far: list[bool] = []
+    if store:
+        with session_scope(ctx.engine) as session:  # a resumed run starts this candidate over
+            session.execute(delete(CaseResult).where(CaseResult.job_id == ctx.job_id,  # type: ignore[arg-type]
+                                                     CaseResult.candidate == name))  # type: ignore[arg-type]
+    for sample in range(samples):
+        # Independent draws: each sample has its own seed, nothing is reused between them.
+        seed = (gen.seed or 0) + sample * 1_000_003
+        params = GenParams(gen.temperature, gen.top_p, gen.max_new_tokens, gen.stop, seed)
+        for start in range(0, len(rows), CHUNK):
+            ctx.check()
+            idx = range(start, min(start + CHUNK, len(rows)))
+            gens = backend.generate([prompts[i] for i in idx], params)
+            batch = []
+            for i, g in zip(idx, gens, strict=True):
+                row = rows[i]
+                expected = row.get("expected")
+                sctx = ScoreContext(latency_ms=g.latency_ms, tokens_out=g.tokens_out,
+                                    output_spec=output_spec, input_text=prompts[i][-1]["content"],
+                                    judge_factory=lambda: backend)
+                try:
+                    scores = score_case(g.text, expected, row.get("assert"), specs, sctx)
+                except ScorerError as exc:
+                    raise JobError(f"row {i + 1}: bad assert: {exc}") from None
+                outcome = CaseOutcome(i, sample, dict(row), prompts[i], g.text, expected, scores,
+                                      case_passed(scores), g.latency_ms, g.tokens_in, g.tokens_out)
+                run.outcomes.append(outcome)
+                batch.append(outcome)
+                if outcome.passed is not None:
+                    passed_so_far.append(outcome.passed)
+            if store:
+                _store(ctx, name, batch)
+            done += len(batch)
+            acc = sum(passed_so_far) / len(passed_so_far) if passed_so_far else 0.0
+            ctx.progress(done / total, f"{done}/{total} done · running accuracy {acc:.0%}")
+    run.seconds = time.monotonic() - started
+    return run
+
+
+def _store(ctx: JobContext, name: str, batch: list[CaseOutcome]) -> None:
+    with session_scope(ctx.engine) as session:
+        for o in batch:
+            session.add(CaseResult(
+                job_id=ctx.job_id, candidate=name, case_index=o.index, sample_index=o.sample,
+                rendered=o.messages, output=o.output, expected=o.expected,
+                scores=[{"name": s.name, "passed": s.passed, "value": s.value,
+                         "detail": s.detail, "predicted": s.predicted} for s in o.scores],
+                passed=o.passed, latency_ms=o.latency_ms, tokens_in=o.tokens_in,
+                tokens_out=o.tokens_out))
