@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from tunebot.commands import parse_name
-from tunebot.datafiles import format_report, parse_rows
+from tunebot.datafiles import format_report, parse_rows, validate_training
 from tunebot.db import session_scope
 from tunebot.errors import NotFound, UserError
 from tunebot.models import Dataset, utcnow
@@ -58,26 +58,54 @@ def add_dataset(*, engine: Engine, settings: Settings, team_id: str, name: str, 
         raise UserError(f"{path.name} is {size / 1e6:.1f} MB; the limit is "
                         f"{settings.max_upload_mb} MB (TUNEBOT_MAX_UPLOAD_MB)")
     result = parse_rows(path, max_rows=settings.max_rows)
+    if (not result.ok or result.content_hash is None) and _looks_like_training(result):
+        # Chat `messages`, prompt/completion or input/output files are training data: they
+        # are checked as such here, and under the model's tokenizer by /dataset check.
+        training = validate_training(path, max_rows=settings.max_rows)
+        if not training.ok or training.content_hash is None:
+            raise UserError(f"{name}: the file was refused.\n{format_report(training)}")
+        return _store(engine, settings, team_id, name, path, user, fmt=training.fmt,
+                      content_hash=training.content_hash, rows=len(training.examples),
+                      stats={"kind": training.kind or "chat", "examples": len(training.examples),
+                             "duplicates": training.duplicates},
+                      report={"text": format_report(training), "source": path.name,
+                              "warnings": [str(w) for w in training.warnings[:20]]})
     if not result.ok or result.content_hash is None:
         raise UserError(f"{name}: the file was refused.\n{format_report(result)}")
+    return _store(engine, settings, team_id, name, path, user, fmt=result.fmt,
+                  content_hash=result.content_hash, rows=len(result.rows),
+                  stats={**result.stats, "kind": "rows"},
+                  report={"text": format_report(result), "columns": result.columns,
+                          "warning_count": result.warning_count,
+                          "warnings": [str(w) for w in result.warnings], "source": path.name})
+
+
+def _looks_like_training(result: Any) -> bool:
+    codes = {e.field for e in result.errors}
+    cols = set(result.columns)
+    return bool({"messages", "prompt", "completion"} & (codes | cols)) or \
+        {"input", "output"} <= cols
+
+
+def _store(engine: Engine, settings: Settings, team_id: str, name: str, path: Path, user: str,
+           *, fmt: str, content_hash: str, rows: int, stats: dict[str, Any],
+           report: dict[str, Any]) -> tuple[Dataset, bool]:
+    """Copy the file under the artifact root as the next version and record it."""
     target_dir = dataset_dir(settings, team_id)
     for _ in range(3):  # two people adding the same name at once: retry on the version clash
         with session_scope(engine) as session:
             latest = _live(session, team_id, name)
-            if latest is not None and latest.content_hash == result.content_hash:
+            if latest is not None and latest.content_hash == content_hash:
                 return latest, False
             top = session.execute(select(func.max(Dataset.version)).where(
                 Dataset.team_id == team_id, Dataset.name == name)).scalar_one()
             version = (top or 0) + 1
-        target = target_dir / f"{name}-v{version}.{EXTENSIONS[result.fmt]}"
+        target = target_dir / f"{name}-v{version}.{EXTENSIONS.get(fmt, 'jsonl')}"
         target_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
         row = Dataset(
-            team_id=team_id, name=name, version=version, content_hash=result.content_hash,
-            format=result.fmt, row_count=len(result.rows), stats=result.stats,
-            report={"text": format_report(result), "columns": result.columns,
-                    "warning_count": result.warning_count,
-                    "warnings": [str(w) for w in result.warnings], "source": path.name},
+            team_id=team_id, name=name, version=version, content_hash=content_hash,
+            format=fmt, row_count=rows, stats=stats, report=report,
             artifact_path=str(target), created_by=user)
         try:
             with session_scope(engine) as session:
@@ -120,6 +148,9 @@ def list_datasets(*, engine: Engine, team_id: str) -> list[Dataset]:
 
 def load_rows(dataset: Dataset) -> list[dict[str, Any]]:
     """The rows of a stored dataset, checked against the hash recorded when it was added."""
+    if (dataset.stats or {}).get("kind", "rows") != "rows":
+        raise UserError(f"{dataset.name} is training data ({dataset.stats.get('kind')} format), "
+                        "not eval rows (the prompt's variables + `expected`)")
     path = Path(dataset.artifact_path)
     if not path.is_file():
         raise UserError(f"the file of dataset {dataset.name} v{dataset.version} is missing "

@@ -29,10 +29,20 @@ class Step:
     expect_ok: bool = True
 
 
+# The main job: a prompt iterated and measured, its training data checked, a fine-tune, and
+# the comparison that says which to ship.
 STEPS: tuple[Step, ...] = (
-    Step("/tunebot whoami"),
-    Step("/tunebot ping seconds=1"),
+    Step("/tunebot ping"),
+    Step("/prompt list"),
+    Step("/prompt show sentiment:production"),
+    Step("/prompt diff sentiment@1 sentiment@2"),
+    Step("/prompt compare sentiment@1 sentiment@2 on sentiment-eval"),
+    Step("/dataset check sentiment-train model=smollm2 prompt=sentiment"),
+    Step("/finetune start smollm2 on sentiment-train prompt=sentiment"),
+    Step("/prompt test sentiment on sentiment-eval model=ft:sentiment"),
+    Step("/compare sentiment vs ft:sentiment on sentiment-eval hybrid traffic=5000/day"),
 )
+CATALOG = Path(__file__).resolve().parent.parent / "prompts"
 
 
 def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
@@ -74,6 +84,38 @@ def run_steps(settings: Settings, steps: tuple[Step, ...]) -> int:
     return failures
 
 
+def import_catalog(settings: Settings) -> None:
+    """Load the starter catalog (idempotent) as the CLI workspace."""
+    from tunebot.catalog_io import import_dir
+
+    app = app_for(settings)
+    actor = cli_actor(settings)
+    typer.secho(f"\n{actor.user_id}:  tunebot catalog import prompts/", bold=True)
+    report = import_dir(engine=app.engine, settings=settings, team_id=actor.team_id,
+                        user=actor.user_id, path=CATALOG)
+    typer.echo("\n".join(report.lines()))
+
+
+def _finale(settings: Settings) -> int:
+    """Copy the comparison chart under var/ and repeat the recommendation last."""
+    import shutil
+
+    from tunebot.service import list_jobs
+
+    app = app_for(settings)
+    done = [j for j in list_jobs(app, cli_actor(settings), kinds=("compare",))
+            if j.status == "succeeded"]
+    if not done:
+        typer.secho("no comparison finished", fg="red")
+        return 1
+    result = done[0].result
+    chart = settings.var_dir / "compare-chart.png"
+    shutil.copyfile(result["chart"], chart)
+    typer.echo(f"\nchart: {chart}")
+    typer.echo(result["recommendation"])
+    return 0
+
+
 def run_demo(settings: Settings) -> int:
     """Migrate, start a worker, run the steps, stop the worker; exit status 0 on success."""
     started = time.monotonic()
@@ -83,8 +125,10 @@ def run_demo(settings: Settings) -> int:
     typer.echo(f"starting a worker (log: {log_path}) …")
     proc = start_worker(settings, log_path)
     try:
+        import_catalog(settings)
         wait_ready(log_path, proc)
         failures = run_steps(settings, STEPS)
+        failures += _finale(settings)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
