@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 BENCHES = {
     "inference": "bench.bench_inference",
     "finetune": "bench.bench_finetune",
+    "datacheck": "bench.bench_datacheck",
 }
 
 
