@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test lint up bench bench-quick reliability clean
+.PHONY: install demo test lint up bench bench-deps bench-quick reliability clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,10 +32,13 @@ up: install
 	$(BIN)/tunebot db upgrade
 	bash -c 'trap "kill 0" EXIT INT TERM; $(BIN)/tunebot worker & $(BIN)/tunebot bot --socket'
 
-bench: install
+bench-deps: install
+	$(BIN)/pip install -q -e ".[ml,dev,bench]"
+
+bench: bench-deps
 	$(BIN)/python -m bench.run
 
-bench-quick: install
+bench-quick: bench-deps
 	$(BIN)/python -m bench.run --quick
 
 reliability: install

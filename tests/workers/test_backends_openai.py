@@ -189,3 +189,22 @@ def test_registry_builds_it_from_settings(server: FakeOpenAI, tmp_path: Path) ->
 @pytest.mark.parametrize("base", ["http://h:1", "http://h:1/", "http://h:1/v1", "http://h:1/v1/"])
 def test_chat_url(base: str) -> None:
     assert chat_url(base) == "http://h:1/v1/chat/completions"
+
+
+def test_llm_judge_scores_through_the_openai_backend(server: FakeOpenAI) -> None:
+    from workers.scoring import ScoreContext, score_case
+
+    server.script = [(200, {}, {"choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": "Score: 5 — polite and correct."}}],
+        "usage": {"prompt_tokens": 40, "completion_tokens": 6}}),
+        (200, {}, {"choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": "Score: 1"}}],
+            "usage": {"prompt_tokens": 40, "completion_tokens": 2}})]
+    ctx = ScoreContext(judge_backend=make(server), input_text="Where is my order?")
+    spec = [{"type": "llm-judge", "rubric": "polite and answers the question"}]
+    good = score_case("It ships tomorrow, sorry for the wait!", "ships tomorrow", None, spec, ctx)
+    bad = score_case("Figure it out.", "ships tomorrow", None, spec, ctx)
+    assert good[0].passed is True and good[0].value == 1.0
+    assert bad[0].passed is False and bad[0].value == 0.0
+    judged = server.bodies[0]["messages"][-1]["content"]
+    assert "polite and answers the question" in judged and "It ships tomorrow" in judged
