@@ -60,7 +60,9 @@ def test_identical_tuned_model_means_keep_prompting(tuned) -> None:  # type: ign
     # template=full: the tuned row runs the same prompt on an identical model → same answers.
     assert r["candidates"][0]["accuracy"] == r["candidates"][1]["accuracy"]
     assert Path(r["chart"]).is_file() and Path(r["chart"]).stat().st_size > 1000
-    assert any(t.startswith("Recommendation:") for t in texts(app, job.id))
+    # In the terminal the recommendation starts a line, with no thread prefix.
+    lines = [line for t in texts(app, job.id) for line in t.splitlines()]
+    assert any(line.startswith("Recommendation: keep prompting") for line in lines)
 
 
 def test_compare_refuses_too_few_cases_and_unknown_models(tuned) -> None:  # type: ignore[no-untyped-def]
