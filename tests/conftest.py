@@ -94,6 +94,19 @@ def redis_url() -> Iterator[str]:
     db_client.flushdb()
 
 
+def wait_final(engine: Engine, job_id: int, timeout: float = 120):  # type: ignore[no-untyped-def]
+    """Poll a job until it is succeeded, failed or cancelled; return its row."""
+    from tunebot import jobs
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = jobs.get(engine, job_id)
+        if job is not None and job.status in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job_id} did not finish: {jobs.get(engine, job_id)}")
+
+
 def make_settings(tmp_path: Path, **over: object) -> Settings:
     """Settings for a test: everything under tmp_path, short leases."""
     base: dict[str, object] = {

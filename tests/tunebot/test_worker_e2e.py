@@ -9,22 +9,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from tests.conftest import make_settings
+from tests.conftest import make_settings, wait_final
 from tunebot import jobs, migrate
 from tunebot.db import make_engine, session_scope
 from tunebot.models import Job, utcnow
 from tunebot.queue import Sender, make_celery
 from tunebot.settings import Settings
-
-
-def wait_final(engine, job_id: int, timeout: float = 60) -> Job:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = jobs.get(engine, job_id)
-        if job is not None and job.status in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.2)
-    raise TimeoutError(f"job {job_id} did not finish: {jobs.get(engine, job_id)}")
 
 
 def _roundtrip(settings: Settings, start_worker) -> None:  # type: ignore[no-untyped-def]

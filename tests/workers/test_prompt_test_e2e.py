@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from tests.conftest import make_settings
+from tests.conftest import make_settings, wait_final
 from tunebot import catalog, datasets, jobs, migrate
 from tunebot.cli import app_for
 from tunebot.commands import parse
 from tunebot.db import session_scope
-from tunebot.models import CaseResult, Job
+from tunebot.models import CaseResult
 from tunebot.replies import Reply, render_text
 from tunebot.service import Actor, execute
 
@@ -31,16 +30,6 @@ CONTENT = {
 ROWS = [{"colour": c, "expected": w} for c, w in
         [("red", "warm"), ("orange", "warm"), ("yellow", "warm"), ("blue", "cool"),
          ("green", "cool"), ("purple", "cool"), ("pink", "warm"), ("teal", "cool")] * 3]
-
-
-def wait_final(engine, job_id: int, timeout: float = 120) -> Job:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = jobs.get(engine, job_id)
-        if job is not None and job.status in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.2)
-    raise TimeoutError(f"job {job_id} did not finish")
 
 
 @pytest.fixture
