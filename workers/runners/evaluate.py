@@ -145,7 +145,8 @@ def evaluate(ctx: JobContext, *, name: str, content: dict[str, Any], rows: list[
                 _store(ctx, name, batch)
             done += len(batch)
             acc = sum(passed_so_far) / len(passed_so_far) if passed_so_far else 0.0
-            ctx.progress(done / total, f"{done}/{total} done · running accuracy {acc:.0%}")
+            ctx.progress(done / total, f"{done}/{total} done · {name}: running accuracy "
+                                       f"{acc:.0%}")
     run.seconds = time.monotonic() - started
     return run
 
