@@ -218,14 +218,16 @@ def test_real_catalog_imports_cleanly(engine: Engine, settings: Settings) -> Non
     assert report.failed == 0, "\n".join(report.lines())
     names = {f.name for f in report.files if f.kind == "prompt"}
     assert {"sentiment", "triage"} <= names
+    linked = []
     with session_scope(engine) as s:
         for name in ("sentiment", "triage"):
             p = catalog.get_prompt(session=s, team_id="TA", name=name)
             assert len(catalog.versions_of(session=s, prompt=p)) >= 2
             assert "production" in catalog.labels_of(session=s, team_id="TA", name=name)
-            for role in ("eval", "train"):
-                ds = datasets.get_dataset(engine=engine, team_id="TA", name=p.datasets[role])
-                assert ds.row_count >= (64 if role == "eval" else 100)
+            linked += [(role, p.datasets[role]) for role in ("eval", "train")]
+    for role, ds_name in linked:  # outside the session: SQLite allows one writer at a time
+        ds = datasets.get_dataset(engine=engine, team_id="TA", name=ds_name)
+        assert ds.row_count >= (64 if role == "eval" else 100)
     assert set(status_of(run_import(engine, settings, REPO / "prompts")).values()) == {
         "unchanged"}
 
