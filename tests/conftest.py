@@ -199,3 +199,11 @@ def start_worker(tmp_path: Path) -> Iterator:
     yield start
     for w in started:
         w.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama chat model (safetensors + tokenizer), built once per session."""
+    from tests.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))

@@ -112,17 +112,18 @@ def submit(
     try:
         with session_scope(engine) as session:
             if max_active_per_user is not None:
-                active = session.execute(
-                    select(func.count()).select_from(Job).where(
+                active_ids = list(session.execute(
+                    select(Job.id).where(
                         Job.team_id == team_id, Job.requested_by == requested_by,  # type: ignore[arg-type]
                         Job.status.in_(ACTIVE_STATUSES),  # type: ignore[attr-defined]
-                    )
-                ).scalar_one()
-                if active >= max_active_per_user:
+                    ).order_by(Job.id)  # type: ignore[arg-type]
+                ).scalars())
+                if len(active_ids) >= max_active_per_user:
+                    listed = ", ".join(f"#{i}" for i in active_ids[:10])
                     raise QuotaExceeded(
-                        f"you already have {active} queued or running jobs "
-                        f"(the limit is {max_active_per_user}); wait for one to finish "
-                        "or cancel one with /finetune cancel JOB"
+                        f"you already have {len(active_ids)} queued or running jobs ({listed}; "
+                        f"the limit is {max_active_per_user}); wait for one to finish "
+                        "or cancel one with /tunebot cancel JOB"
                     )
             session.add(job)
             session.flush()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -15,7 +18,14 @@ import uvicorn
 
 from bot.app import build_bolt, http_app
 from tests.conftest import make_settings
-from tests.slack_api.payloads import signed_headers, slash_command_body
+from tests.slack_api.payloads import (
+    event_body,
+    event_envelope,
+    signed_headers,
+    slash_command_body,
+    slash_command_fields,
+    socket_envelope,
+)
 from tests.slack_api.server import SlackAPIServer
 from tunebot import migrate
 from tunebot.cli import app_for
@@ -72,19 +82,111 @@ class Stack:
         return self.post(slash_command_body(text, command=command, **kw))
 
 
-@pytest.fixture
-def stack(tmp_path: Path, start_worker, redis_url: str) -> Iterator[Stack]:
-    """Local Slack API + migrated database + real worker (all queues, notifier included)."""
+@contextmanager
+def running_stack(tmp_path: Path, start_worker, redis_url: str, *, queues: str = "inference,gpu,io",
+                  **over: object) -> Iterator[Stack]:
+    """Local Slack API + migrated database + real worker + the HTTP bot, with settings `over`."""
     with SlackAPIServer(bot_token=BOT_TOKEN, app_token="xapp-test",
                         signing_secret=SECRET) as slack:
-        settings = make_settings(tmp_path, broker_url=redis_url, slack_api_url=slack.api_url,
-                                 slack_bot_token=BOT_TOKEN, slack_signing_secret=SECRET,
-                                 slack_posts_per_second=20.0, admins=["U0ADMIN"])
+        base: dict[str, object] = {
+            "broker_url": redis_url, "slack_api_url": slack.api_url,
+            "slack_bot_token": BOT_TOKEN, "slack_signing_secret": SECRET,
+            "slack_posts_per_second": 20.0, "admins": ["U0ADMIN"]}
+        base.update(over)
+        settings = make_settings(tmp_path, **base)
         migrate.upgrade(settings.database_url)
-        start_worker(settings)
+        start_worker(settings, queues)
         core = app_for(settings)
         bot = BotServer(settings, core)
         try:
             yield Stack(slack, settings, core, bot)
         finally:
             bot.stop()
+
+
+@pytest.fixture
+def stack(tmp_path: Path, start_worker, redis_url: str) -> Iterator[Stack]:
+    """The default stack: one worker on every queue, notifier included."""
+    with running_stack(tmp_path, start_worker, redis_url) as s:
+        yield s
+
+
+class SocketClient:
+    """The same bot over Socket Mode: envelopes in through the local server, acks read back."""
+
+    def __init__(self, stack: Stack) -> None:
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        self.stack = stack
+        self.handler = SocketModeHandler(build_bolt(stack.settings, stack.core), "xapp-test")
+        self.thread = threading.Thread(target=self.handler.connect, daemon=True)
+        self.thread.start()
+        stack.slack.wait_socket_connected(timeout=15)
+
+    def slash(self, text: str, command: str = "/tunebot", **kw: str) -> dict:
+        """Send a slash command envelope; the ack's payload is the answer."""
+        env_id = self.stack.slack.socket_send(
+            socket_envelope(slash_command_fields(text, command=command, **kw), "slash_commands"))
+        ack = self.stack.slack.wait_socket_ack(env_id, timeout=20)
+        return ack.payload or {}
+
+    def interactive(self, payload: dict) -> dict:
+        """Send an interactive (block_actions / view_submission) envelope."""
+        env_id = self.stack.slack.socket_send(socket_envelope(payload, "interactive"))
+        ack = self.stack.slack.wait_socket_ack(env_id, timeout=20)
+        return ack.payload or {}
+
+    def event(self, event: dict, *, event_id: str | None = None, retry_attempt: int = 0) -> None:
+        """Send an events_api envelope and wait for its ack."""
+        env = socket_envelope(event_envelope(event, event_id=event_id),
+                              retry_attempt=retry_attempt,
+                              retry_reason="timeout" if retry_attempt else "")
+        self.stack.slack.wait_socket_ack(self.stack.slack.socket_send(env), timeout=20)
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.handler.close()
+
+
+class HTTPClient:
+    """The bot over HTTP: signed requests to /slack/events, the response body is the answer."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+
+    def slash(self, text: str, command: str = "/tunebot", **kw: str) -> dict:
+        """POST a signed slash command; the JSON ack is the answer."""
+        resp = self.stack.slash(text, command=command, **kw)
+        assert resp.status_code == 200, resp.text
+        return resp.json() if resp.content else {}
+
+    def interactive(self, payload: dict) -> dict:
+        """POST a signed interactive payload."""
+        body = urlencode({"payload": json.dumps(payload)}).encode()
+        resp = self.stack.post(body)
+        assert resp.status_code == 200, resp.text
+        return resp.json() if resp.content and resp.headers.get(
+            "content-type", "").startswith("application/json") else {}
+
+    def event(self, event: dict, *, event_id: str | None = None, retry_attempt: int = 0) -> None:
+        """POST a signed Events API callback."""
+        body = event_body(event, event_id=event_id)
+        resp = self.stack.post(body, retry_num=retry_attempt) if retry_attempt else \
+            self.stack.post(body)
+        assert resp.status_code == 200, resp.text
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+Client = HTTPClient | SocketClient
+
+
+@contextmanager
+def client_for(stack: Stack, transport: str) -> Iterator[Client]:
+    """An HTTP or Socket Mode client of the running bot."""
+    client: Client = HTTPClient(stack) if transport == "http" else SocketClient(stack)
+    try:
+        yield client
+    finally:
+        client.close()
