@@ -14,38 +14,11 @@ from starlette.routing import Route
 
 from bot import listeners
 from bot.notifier import make_client
+from tunebot.logs import install_log_filter
 from tunebot.service import App
 from tunebot.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class TokenFilter(logging.Filter):
-    """Masks Slack tokens and the signing secret in every log record."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
-        self.secrets = [s for s in secrets if s]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Rewrite the message with secrets replaced."""
-        msg = record.getMessage()
-        if any(s in msg for s in self.secrets):
-            for s in self.secrets:
-                msg = msg.replace(s, "***")
-            record.msg, record.args = msg, None
-        return True
-
-
-def install_log_filter(settings: Settings) -> None:
-    """Never let a token or secret reach the logs."""
-    secrets = [s.get_secret_value() for s in (settings.slack_bot_token, settings.slack_app_token,
-                                              settings.slack_signing_secret,
-                                              settings.slack_client_secret) if s is not None]
-    filt = TokenFilter(secrets)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(filt)
-    logging.getLogger().addFilter(filt)
 
 
 def build_bolt(settings: Settings, core: App) -> BoltApp:

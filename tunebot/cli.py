@@ -17,6 +17,7 @@ from tunebot import migrate
 from tunebot.commands import parse
 from tunebot.db import make_engine
 from tunebot.errors import UserError
+from tunebot.logs import install_log_filter
 from tunebot.models import FINAL_STATUSES
 from tunebot.replies import Reply, render_text
 from tunebot.service import Actor, App, execute, jobs_table, list_jobs
@@ -138,6 +139,7 @@ def worker(
     from tunebot.reconciler import Reconciler
 
     settings = _settings()
+    install_log_filter(settings)
     chosen = tuple(q.strip() for q in queues.split(",") if q.strip()) or QUEUES
     bad = [q for q in chosen if q not in QUEUES]
     if bad:
@@ -155,6 +157,12 @@ def worker(
     @signals.worker_shutdown.connect(weak=False)
     def _stop(**_: object) -> None:
         reconciler.stop()
+
+    @signals.after_setup_logger.connect(weak=False)
+    @signals.after_setup_task_logger.connect(weak=False)
+    def _mask(logger: logging.Logger, **_: object) -> None:
+        # Celery replaces the handlers it found: mask secrets on the ones it installs.
+        install_log_filter(settings, logger)
 
     name = hostname or f"tunebot-{'-'.join(chosen)}@%h"
     app.worker_main([

@@ -59,7 +59,7 @@ def cancel(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
     """Cancel a job (its requester or an admin)."""
     job = find_job(app, actor, cmd.args["job"])
     require_owner_or_admin(job.requested_by, actor, f"job #{job.id}")
-    status = jobs.request_cancel(app.engine, job.id)  # type: ignore[arg-type]
+    status = jobs.request_cancel(app.engine, job.id, app.waker)  # type: ignore[arg-type]
     text = (f"Job #{job.id} cancelled." if status == "cancelled" else
             f"Job #{job.id} will stop at its next check (it was {status})."
             if status == "running" else f"Job #{job.id} already ended ({status}).")

@@ -122,7 +122,7 @@ def cancel(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
     """Cancel cooperatively: the trainer stops at its next step and keeps its checkpoint."""
     job = find_job(app, actor, cmd.args["job"])
     require_owner_or_admin(job.requested_by, actor, f"job #{job.id}")
-    state = jobs.request_cancel(app.engine, job.id)  # type: ignore[arg-type]
+    state = jobs.request_cancel(app.engine, job.id, app.waker)  # type: ignore[arg-type]
     text = {"cancelled": f"Job #{job.id} cancelled.",
             "running": f"Job #{job.id} will stop at its next step (its checkpoint is kept)."
             }.get(state, f"Job #{job.id} already ended ({state}).")

@@ -254,19 +254,28 @@ def finish(engine: Engine, job_id: int, owner: str, status: str, *,
     return True
 
 
-def request_cancel(engine: Engine, job_id: int) -> str:
-    """Cancel a queued job now, or ask a running one to stop at its next check; returns status."""
+def request_cancel(engine: Engine, job_id: int, waker: Waker | None = None) -> str:
+    """Cancel a queued job now, or ask a running one to stop at its next check; returns status.
+
+    A queued job that never ran gets its final message here, so its thread says it ended.
+    """
     with session_scope(engine) as session:
         job = session.get(Job, job_id)
         if job is None:
             raise LookupError(job_id)
-        if job.status == "queued":
+        ended = job.status == "queued"
+        if ended:
             set_status(job, "cancelled")
             job.error = "cancelled before it started"
+            line = f"⏹ {job.title or job.kind} · #{job.id} · cancelled"
+            _add_event(session, job, Reply(text=f"{line}: {job.error}", status=line), "final")
         elif job.status == "running":
             job.cancel_requested = True
         session.add(job)
-        return job.status
+        status, channel = job.status, job.channel
+    if ended and waker is not None and channel:
+        _notify(waker, job_id)
+    return status
 
 
 def _add_event(session: Session, job: Job, reply: Reply, kind: str) -> JobEvent:

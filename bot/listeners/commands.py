@@ -7,6 +7,7 @@ from typing import Any
 
 from slack_bolt import Ack
 from slack_bolt import App as BoltApp
+from slack_sdk import WebClient
 
 from bot.blocks import fallback_text, reply_blocks
 from bot.listeners.common import actor_for, job_reply, run
@@ -22,7 +23,7 @@ def register(app: BoltApp, core: App) -> None:
     """Register the slash-command listener."""
 
     @app.command(COMMANDS)
-    def on_command(ack: Ack, command: dict[str, Any]) -> None:
+    def on_command(ack: Ack, command: dict[str, Any], client: WebClient) -> None:
         """Parse, run (SQL only, fast), and answer in the ack itself."""
         family = command["command"].lstrip("/")
         try:
@@ -37,7 +38,7 @@ def register(app: BoltApp, core: App) -> None:
             actor = actor_for(core, team_id=command["team_id"], user_id=command["user_id"],
                               channel=command.get("channel_id"), thread_ts=None,
                               response_url=command.get("response_url"), key=key)
-            outcome = run(cmd, actor, core)
+            outcome = run(cmd, actor, core, client)
             reply = job_reply(outcome) if outcome.job is not None else outcome.reply
         ack(text=fallback_text(reply), blocks=reply_blocks(reply),
             response_type="ephemeral" if reply.ephemeral else "in_channel")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
+from slack_sdk import WebClient
+
+from bot.usergroups import UsergroupCache
 from tunebot.commands import Command
 from tunebot.replies import Reply, error
-from tunebot.service import Actor, App, Outcome, execute
+from tunebot.service import POLICY, Actor, App, Outcome, execute
 
 log = logging.getLogger(__name__)
 UNAVAILABLE = ("tunebot is temporarily unavailable (its database or queue is not answering); "
@@ -21,8 +25,20 @@ def actor_for(core: App, *, team_id: str, user_id: str, channel: str | None,
                  idempotency_key=key)
 
 
-def run(cmd: Command, actor: Actor, core: App) -> Outcome:
-    """Execute a command; an outage becomes a plain 'temporarily unavailable' answer."""
+GROUPS = UsergroupCache()
+
+
+def run(cmd: Command, actor: Actor, core: App, client: WebClient | None = None) -> Outcome:
+    """Execute a command; an outage becomes a plain 'temporarily unavailable' answer.
+
+    For commands limited to TUNEBOT_FINETUNE_ALLOWED, the actor's usergroups among those ids
+    are looked up first (usergroups.users.list, cached).
+    """
+    allowed = core.settings.finetune_allowed
+    if client is not None and allowed and POLICY.get((cmd.family, cmd.action)) == "finetune" \
+            and actor.user_id not in allowed:
+        actor = dataclasses.replace(actor, usergroups=GROUPS.groups_of(
+            client, actor.team_id, actor.user_id, allowed))
     try:
         return execute(cmd, actor, core)
     except Exception as exc:  # the database or broker is down: answer, never crash

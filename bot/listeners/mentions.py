@@ -51,7 +51,7 @@ def register(app: BoltApp, core: App) -> None:
         key = f"event:{team}:{body.get('event_id', '')}" if cmd.spec.job else None
         actor = actor_for(core, team_id=team, user_id=event.get("user", ""), channel=channel,
                           thread_ts=thread, response_url=None, key=key)
-        outcome = run(cmd, actor, core)
+        outcome = run(cmd, actor, core, client)
         if outcome.job is not None:
             if outcome.created:
                 reply = job_reply(outcome)

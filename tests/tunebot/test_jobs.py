@@ -150,6 +150,9 @@ def test_lost_queued_jobs_are_resent_with_backoff(engine: Engine) -> None:
 def test_cancel_queued_and_running(engine: Engine) -> None:
     queued = _submit(engine).job
     assert jobs.request_cancel(engine, queued.id) == "cancelled"
+    # Its thread is told it ended: a final event whose status line replaces "queued".
+    final = jobs.events(engine, queued.id)[-1]
+    assert final.kind == "final" and final.payload["status"].endswith("· cancelled")
     running = _submit(engine).job
     jobs.take_lease(engine, running.id, "w", 30)
     assert jobs.request_cancel(engine, running.id) == "running"
