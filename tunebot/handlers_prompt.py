@@ -15,7 +15,7 @@ from tunebot.db import session_scope
 from tunebot.errors import NotFound, UserError
 from tunebot.models import PromptVersion
 from tunebot.replies import Reply, code, context, fields, section, table
-from tunebot.service import Actor, App, Outcome, handler
+from tunebot.service import Actor, App, Outcome, handler, require_owner_or_admin
 from tunebot.templates import render_messages
 
 MAX_BLOCK = 2800  # Slack caps a text block at 3,000 characters
@@ -194,11 +194,21 @@ def diff(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
     return Outcome(Reply(text=f"diff {an} → {bn}", blocks=blocks))
 
 
+PROTECTED_LABELS = ("production",)
+
+
 @handler("prompt", "label")
 def label(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
-    """Point a label at a version, recording who moved it and from where."""
+    """Point a label at a version, recording who moved it and from where.
+
+    `production` is what everyone else runs: only the prompt's owner or an admin moves it.
+    """
     try:
         with session_scope(app.engine) as session:
+            if cmd.args["label"] in PROTECTED_LABELS:
+                prompt = catalog.get_prompt(session=session, team_id=actor.team_id,
+                                            name=cmd.args["ref"].name)
+                require_owner_or_admin(prompt.owner, actor, f"prompt {prompt.name}")
             move = catalog.set_label(session=session, team_id=actor.team_id,
                                      ref=cmd.args["ref"], label=cmd.args["label"],
                                      user=actor.user_id)

@@ -123,6 +123,8 @@ def script(stack: Stack, client: Client, model: Path) -> None:
     assert "v1" in hist and "v2" in hist
     assert "Answer:" in cmd("diff colours@1 colours@2", "/prompt")
     assert "colour: red" in cmd("render colours@1 colour=red", "/prompt")
+    assert "owner (U0ALICE) or an admin" in cmd("label colours@2 production", "/prompt",
+                                                user="U0BOB")
     assert "production" in cmd("label colours@2 production", "/prompt")
     assert "colours@2" in cmd("show colours:production", "/prompt")
     assert "with a YAML file" in cmd("edit colours", "/prompt") or "form" in cmd(

@@ -105,6 +105,14 @@ def test_diff_and_label_moves(triage: App) -> None:
     assert "triage@2" in out(triage, "/prompt show triage:production")
 
 
+def test_only_owner_or_admin_moves_production(triage: App) -> None:
+    refused = err(triage, "/prompt label triage@2 production", BOB)
+    assert "only prompt triage's owner (U_ALICE) or an admin" in refused
+    assert "triage@1" in out(triage, "/prompt show triage:production")  # unchanged
+    assert "triage:staging → v2" in out(triage, "/prompt label triage@2 staging", BOB)
+    assert "→ v2 (was v1)" in out(triage, "/prompt label triage@2 production", ADMIN)
+
+
 def test_render(triage: App) -> None:
     text = out(triage, '/prompt render triage ticket="I was charged twice"')
     assert "[user]\nTicket: I was charged twice\nCategory:" in text
