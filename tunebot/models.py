@@ -245,3 +245,18 @@ class ModelVersion(SQLModel, table=True):
     job_id: int | None = Field(default=None, foreign_key="jobs.id")
     created_by: str = Field(default="", max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class PendingUpload(SQLModel, table=True):
+    """`/dataset add NAME` in Slack without a file: the user's next upload there becomes NAME."""
+
+    __tablename__ = "pending_uploads"
+
+    id: int | None = Field(default=None, primary_key=True)
+    team_id: str = Field(index=True, max_length=32)
+    user_id: str = Field(max_length=64)
+    channel: str = Field(max_length=64)
+    name: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    used_at: datetime | None = None
