@@ -305,7 +305,7 @@ def render(src: str, variables: Mapping[str, Any], *, limit: int = MAX_OUTPUT) -
     except RecursionError:
         raise UserError("template refused: it recurses too deeply") from None
     except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError,
-            AttributeError) as exc:
+            AttributeError, AssertionError) as exc:  # Jinja's truncate asserts on its length
         raise UserError(f"template error: {type(exc).__name__}: {str(exc)[:200]}") from None
     finally:
         _budget.reset(token)
