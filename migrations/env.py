@@ -6,6 +6,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import tunebot.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+import tunebot.oauth_tables  # noqa: F401  (slack_sdk's OAuth store tables)
 from tunebot.db import make_engine
 
 config = context.config
