@@ -20,9 +20,10 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Engine
 
 from bot.blocks import fallback_text, images, reply_blocks
+from tunebot.actions import buttons_for, cancel_button
 from tunebot.db import session_scope
 from tunebot.models import Job, JobEvent, utcnow
-from tunebot.replies import Reply
+from tunebot.replies import Reply, actions, section
 from tunebot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -135,10 +136,17 @@ def _deliver_one(settings: Settings, engine: Engine, client: WebClient, job: Job
     wait = pacer(settings).wait
     try:
         if ev.kind in ("status", "final") or job.status_ts is None:
+            # The status message offers "Cancel job" until the job ends.
+            cancel = [] if ev.kind == "final" else [cancel_button(job.id)]  # type: ignore[arg-type]
             ts = _update_root(client, engine, job, reply if ev.kind != "reply" else
-                              Reply(text=job.title or f"job #{job.id}"), wait)
+                              Reply(text=job.title or f"job #{job.id}"), wait, cancel)
             if ev.kind == "status":
                 return ts
+        if ev.kind == "final":
+            follow_ups = buttons_for(job.kind, job.status, job.params or {}, job.id)  # type: ignore[arg-type]
+            if follow_ups:
+                reply = Reply(text=reply.text, blocks=[*(reply.blocks or [section(reply.text)]),
+                                                       actions(follow_ups)])
         wait(channel)
         resp = client.chat_postMessage(channel=channel, thread_ts=job.thread_ts,
                                        text=fallback_text(reply), blocks=reply_blocks(reply),
@@ -155,14 +163,18 @@ def _deliver_one(settings: Settings, engine: Engine, client: WebClient, job: Job
         raise
 
 
-def _update_root(client: WebClient, engine: Engine, job: Job, reply: Reply, wait) -> str:  # type: ignore[no-untyped-def]
+def _update_root(client: WebClient, engine: Engine, job: Job, reply: Reply, wait,  # type: ignore[no-untyped-def]
+                 buttons: list[dict[str, str]]) -> str:
     """Post the job's root status message once, then keep it current with chat.update."""
-    text = fallback_text(Reply(text=reply.status or reply.text))
+    line = Reply(text=reply.status or reply.text)
+    text = fallback_text(line)
+    blocks = reply_blocks(Reply(text=line.text, blocks=[section(line.text)]
+                                + ([actions(buttons)] if buttons else [])))
     assert job.channel is not None
     wait(job.channel)
     if job.status_ts is None:
         resp = client.chat_postMessage(channel=job.channel, thread_ts=job.thread_ts, text=text,
-                                       unfurl_links=False)
+                                       blocks=blocks, unfurl_links=False)
         job.status_ts = str(resp["ts"])
         if job.thread_ts is None:
             job.thread_ts = job.status_ts  # a slash command's job threads under its root
@@ -170,5 +182,5 @@ def _update_root(client: WebClient, engine: Engine, job: Job, reply: Reply, wait
             session.execute(update(Job).where(Job.id == job.id)  # type: ignore[arg-type]
                             .values(status_ts=job.status_ts, thread_ts=job.thread_ts))
         return job.status_ts
-    client.chat_update(channel=job.channel, ts=job.status_ts, text=text)
+    client.chat_update(channel=job.channel, ts=job.status_ts, text=text, blocks=blocks)
     return job.status_ts

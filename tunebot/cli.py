@@ -146,6 +146,11 @@ def worker(
         typer.echo(f"tunebot: unknown queue {bad[0]} (queues: {', '.join(QUEUES)})", err=True)
         raise typer.Exit(2)
     ensure_schema(settings)
+    if "io" in chosen and len(chosen) > 1:
+        # Slack delivery must not wait behind a long job in the same pool: the io queue gets
+        # its own worker process, started and stopped with this one.
+        chosen = tuple(q for q in chosen if q != "io")
+        _companion_io_worker(hostname)
     app = make_celery(settings, chosen)
     engine = make_engine(settings.database_url)
     reconciler = Reconciler(engine, Sender(app), settings.reconcile_seconds)
@@ -170,6 +175,25 @@ def worker(
         "-n", name, "-l", settings.log_level.upper(), "--without-gossip", "--without-mingle",
         "--without-heartbeat",
     ])
+
+
+def _companion_io_worker(hostname: str) -> None:
+    import atexit
+    import subprocess
+
+    name = f"{hostname.split('@')[0]}-io@%h" if hostname else "tunebot-io@%h"
+    proc = subprocess.Popen([sys.executable, "-m", "tunebot.cli", "worker", "--queues", "io",
+                             "--concurrency", "1", "--hostname", name])
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    atexit.register(stop)
 
 
 @cli.command()

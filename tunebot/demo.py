@@ -47,10 +47,11 @@ CATALOG = Path(__file__).resolve().parent.parent / "prompts"
 
 
 def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    """A real worker process on all three queues."""
+    """A real worker process for the jobs (the terminal is the thread: no Slack delivery)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")  # noqa: SIM115 (the child owns it)
-    return subprocess.Popen([sys.executable, "-m", "tunebot.cli", "worker"], stdout=log,
+    return subprocess.Popen([sys.executable, "-m", "tunebot.cli", "worker", "--queues",
+                             "inference,gpu"], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 

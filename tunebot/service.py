@@ -74,9 +74,14 @@ def handler(family: str, action: str) -> Callable[[Handler], Handler]:
 
 def check_policy(cmd: Command, actor: Actor, settings: Settings) -> None:
     """Raise Forbidden unless the actor may run this command."""
-    policy = POLICY.get((cmd.family, cmd.action), "anyone")
+    check_policy_for(cmd.family, cmd.action, actor, settings)
+
+
+def check_policy_for(family: str, action: str, actor: Actor, settings: Settings) -> None:
+    """Raise Forbidden unless the actor may run /family action (also for buttons)."""
+    policy = POLICY.get((family, action), "anyone")
     if policy == "admin" and not actor.is_admin:
-        raise Forbidden(f"/{cmd.family} {cmd.action} is for admins of this workspace "
+        raise Forbidden(f"/{family} {action} is for admins of this workspace "
                         "(TUNEBOT_ADMINS)")
     if policy == "finetune" and settings.finetune_allowed and not actor.is_admin:
         allowed = set(settings.finetune_allowed)
@@ -113,7 +118,7 @@ def _load_handlers() -> None:
     import tunebot.handlers  # noqa: F401
 
 
-def submit_job(cmd: Command, actor: Actor, app: App, *, kind: str, params: dict[str, Any],
+def submit_job(cmd: Command | None, actor: Actor, app: App, *, kind: str, params: dict[str, Any],
                title: str) -> Outcome:
     """Create (or find, for a repeated request) the job a command stands for."""
     sub = jobs.submit(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from slack_bolt import App as BoltApp
 
-from bot.listeners import commands, mentions
+from bot.listeners import actions, commands, mentions
 from tunebot.service import App
 
 
@@ -12,3 +12,4 @@ def register(app: BoltApp, core: App) -> None:
     """Register every listener."""
     commands.register(app, core)
     mentions.register(app, core)
+    actions.register(app, core)

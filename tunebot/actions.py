@@ -1,0 +1,99 @@
+"""What the buttons on a job's messages do — each the command it stands for, same checks.
+
+Transport-neutral: the bot maps Slack's block_actions to these; a button-created job carries
+an active key (team, message, action, user), so a double click finds the job the first click
+made, while a click after that job ended starts a new one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunebot import jobs
+from tunebot.commands import parse
+from tunebot.errors import UserError
+from tunebot.replies import Reply, error, section
+from tunebot.service import (
+    Actor,
+    App,
+    Outcome,
+    check_policy_for,
+    execute,
+    find_job,
+    submit_job,
+)
+
+RERUN, CANCEL, PROMOTE, COMPARE_PRODUCTION = ("job_rerun", "job_cancel", "prompt_promote",
+                                              "prompt_compare_production")
+# The command each job kind stands for: re-running it takes that command's policy.
+KIND_COMMAND = {
+    "noop": ("tunebot", "ping"), "prompt_test": ("prompt", "test"),
+    "prompt_compare": ("prompt", "compare"), "data_check": ("dataset", "check"),
+    "finetune_estimate": ("finetune", "estimate"), "finetune": ("finetune", "start"),
+    "compare": ("compare", "vs"),
+}
+
+
+def buttons_for(kind: str, status: str, params: dict[str, Any], job_id: int) -> list[
+        dict[str, str]]:
+    """The buttons under a job's final message."""
+    value = str(job_id)
+    out: list[dict[str, str]] = []
+    if kind == "prompt_test" and status == "succeeded":
+        out.append({"action_id": PROMOTE, "text": "Promote to production", "value": value})
+        out.append({"action_id": COMPARE_PRODUCTION, "text": "Compare with production",
+                    "value": value})
+    if kind in KIND_COMMAND:
+        out.append({"action_id": RERUN, "text": "Re-run", "value": value})
+    return out
+
+
+def cancel_button(job_id: int) -> dict[str, str]:
+    """The button on a queued or running job's status message."""
+    return {"action_id": CANCEL, "text": "Cancel job", "value": str(job_id)}
+
+
+def _job_id(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"`{value[:20]}` is not a job number") from None
+
+
+def run_action(action_id: str, value: str, actor: Actor, app: App) -> Outcome:
+    """Do what the button says; errors become error replies, never exceptions."""
+    try:
+        job = find_job(app, actor, _job_id(value))
+        if action_id == CANCEL:
+            return execute(parse(f"/tunebot cancel {job.id}"), actor, app)
+        if action_id == RERUN:
+            return _rerun(job, actor, app)
+        if job.kind != "prompt_test":
+            raise UserError(f"job #{job.id} is not a prompt test")
+        cand = (job.params or {})["candidates"][0]
+        pinned = f"{cand['name']}@{cand['version']}"
+        if action_id == PROMOTE:
+            return execute(parse(f"/prompt label {pinned} production"), actor, app)
+        if action_id == COMPARE_PRODUCTION:
+            p = job.params
+            return execute(parse(f"/prompt compare {cand['name']}:production {pinned} on "
+                                 f"{p['dataset']} model={p['model']}"), actor, app)
+        raise UserError(f"unknown button `{action_id[:40]}`")
+    except UserError as exc:
+        return Outcome(error(str(exc), exc.usage))
+    except jobs.QuotaExceeded as exc:
+        return Outcome(error(str(exc)))
+
+
+def _rerun(job: Any, actor: Actor, app: App) -> Outcome:
+    family, action = KIND_COMMAND.get(job.kind, ("", ""))
+    if not family:
+        raise UserError(f"job #{job.id} ({job.kind}) cannot be re-run")
+    check_policy_for(family, action, actor, app.settings)
+    out = submit_job(None, actor, app, kind=job.kind, params=dict(job.params or {}),
+                     title=job.title or job.kind)
+    new = out.job
+    assert new is not None
+    text = (f"Re-running job #{job.id} as job #{new.id} — I'll answer in its thread."
+            if out.created else f"That click is already job #{new.id} ({new.status}).")
+    return Outcome(Reply(text=text, blocks=[section(text)], ephemeral=True), new, out.created)
