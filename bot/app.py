@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from bot import listeners
 from bot.notifier import make_client
+from bot.oauth import oauth_routes, oauth_settings, register_revocation
 from tunebot.logs import install_log_filter
 from tunebot.service import App
 from tunebot.settings import Settings
@@ -22,15 +23,22 @@ log = logging.getLogger(__name__)
 
 
 def build_bolt(settings: Settings, core: App) -> BoltApp:
-    """The Bolt app with every listener registered."""
-    if settings.slack_bot_token is None:
-        raise SystemExit("tunebot: bad setting SLACK_BOT_TOKEN: required to run the bot")
+    """The Bolt app with every listener registered.
+
+    One workspace: SLACK_BOT_TOKEN. Many: SLACK_CLIENT_ID/SECRET turn on the OAuth install,
+    each request then authorized with its workspace's (decrypted) stored token.
+    """
+    oauth = oauth_settings(settings, core.engine)
+    if oauth is None and settings.slack_bot_token is None:
+        raise SystemExit("tunebot: bad setting SLACK_BOT_TOKEN: required to run the bot "
+                         "(or SLACK_CLIENT_ID/SLACK_CLIENT_SECRET for multi-workspace install)")
     secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret \
         else None
-    app = BoltApp(client=make_client(settings), signing_secret=secret,
+    app = BoltApp(client=make_client(settings), signing_secret=secret, oauth_settings=oauth,
                   token_verification_enabled=False,
                   request_verification_enabled=secret is not None,
                   ignoring_self_events_enabled=True)
+    register_revocation(app)
     listeners.register(app, core)
     return app
 
@@ -49,7 +57,7 @@ def http_app(bolt: BoltApp) -> Starlette:
         return PlainTextResponse("ok")
 
     return Starlette(routes=[Route("/slack/events", events, methods=["POST"]),
-                             Route("/healthz", health, methods=["GET"])])
+                             Route("/healthz", health, methods=["GET"]), *oauth_routes(bolt)])
 
 
 def main(settings: Settings, *, mode: str, port: int = 3000) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Engine
 
 from bot.blocks import fallback_text, images, reply_blocks
+from bot.oauth import bot_token_for
 from tunebot.actions import buttons_for, cancel_button
 from tunebot.db import session_scope
 from tunebot.models import Job, JobEvent, utcnow
@@ -92,6 +93,12 @@ def _release(engine: Engine, job_id: int, owner: str) -> None:
                         .values(notify_owner=None, notify_until=None))
 
 
+def session_get_job(engine: Engine, job_id: int) -> Job | None:
+    """The job row, or None."""
+    with session_scope(engine) as session:
+        return session.get(Job, job_id)
+
+
 def deliver_pending(settings: Settings, engine: Engine, job_id: int,
                     client: WebClient | None = None) -> int:
     """Deliver the job's undelivered events in order; returns how many were delivered.
@@ -99,13 +106,16 @@ def deliver_pending(settings: Settings, engine: Engine, job_id: int,
     Raises on a Slack failure that outlasted the client's retries, so the task retries later;
     what was not delivered stays in SQL.
     """
-    if settings.slack_bot_token is None and client is None:
-        log.info("no SLACK_BOT_TOKEN: job %s's events stay in SQL", job_id)
-        return 0
+    if client is None:
+        job = session_get_job(engine, job_id)
+        token = bot_token_for(settings, engine, job.team_id) if job is not None else None
+        if token is None:
+            log.info("no bot token for job %s's workspace: its events stay in SQL", job_id)
+            return 0
+        client = make_client(settings, token=token)
     owner = f"{os.uname().nodename}:{os.getpid()}:{threading.get_ident()}"
     if not _claim(engine, job_id, owner):
         return 0  # another deliverer is on it; it will pick up our events too
-    client = client or make_client(settings)
     delivered = 0
     try:
         while True:

@@ -260,3 +260,6 @@ class PendingUpload(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime
     used_at: datetime | None = None
+
+
+import tunebot.oauth_tables  # noqa: E402,F401  (the Slack OAuth stores share this metadata)
