@@ -82,10 +82,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # ty
     header = ("test", "tried", "n", "held", "lost", "dup", "note")
     body = [(r.test, r.tried, str(r.count), str(r.held), str(r.lost), str(r.duplicated),
              r.note) for r in ROWS]
-    widths = [min(60, max(len(h), *(len(b[i]) for b in body))) for i, h in enumerate(header)]
+    limits = (24, 56, 5, 5, 5, 4, 100)
+    widths = [min(lim, max(len(h), *(len(b[i]) for b in body)))
+              for i, (h, lim) in enumerate(zip(header, limits, strict=True))]
     tr.write_sep("=", f"reliability ({MODE} size)")
     for line in (header, *body):
-        tr.write_line("  ".join(c[:60].ljust(w) for c, w in zip(line, widths, strict=True))
+        tr.write_line("  ".join(c[:w].ljust(w) for c, w in zip(line, widths, strict=True))
                       .rstrip())
     out = REPO / "var" / "reliability.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import httpx
 
 from tests.reliability.conftest import FULL, Report
 from tests.reliability.stack import all_jobs, running_stack
-from tests.slack_api.payloads import slash_command_body
+from tests.slack_api.payloads import app_mention_event, event_body, slash_command_body
 from tunebot.models import FINAL_STATUSES
 
 
@@ -39,7 +39,23 @@ def test_bot_survives_a_database_restart(tmp_path: Path, private_pg, private_pg_
                 i += 1
                 time.sleep(0.05)
 
+        mentions: list[tuple[str, int]] = []  # (phase, status) of @tunebot mentions
+
+        def mention() -> None:
+            i = 0
+            while not stop.is_set():
+                event = app_mention_event("<@U0BOT> tunebot ping", user="U0MENTION",
+                                          channel="C0MENTION", ts=f"1767225600.{i:06d}")
+                try:
+                    code = stack.post(event_body(event)).status_code
+                except httpx.HTTPError:
+                    code = 0
+                mentions.append((phase[0], code))
+                i += 1
+                time.sleep(0.2)
+
         senders = [threading.Thread(target=load, args=(f"U{k}",)) for k in range(3)]
+        senders.append(threading.Thread(target=mention))
         for t in senders:
             t.start()
         try:
@@ -64,7 +80,11 @@ def test_bot_survives_a_database_restart(tmp_path: Path, private_pg, private_pg_
                 break
             time.sleep(0.5)
         rows = all_jobs(stack.core.engine)
+        told = [m["text"] for m in stack.slack.messages("C0MENTION")
+                if "temporarily unavailable" in m.get("text", "")]
     queued_said = sum("Queued" in text for _, _, code, text in results if code == 200)
+    queued_said += sum(1 for j in {j.idempotency_key for j in rows}
+                       if j and j.startswith("event:"))
     errors = [(p, code, text[:200]) for _, p, code, text in results if code != 200]
     down = [text for _, p, code, text in results if p == "down" and code == 200]
     unavailable = sum("temporarily unavailable" in t for t in down)
@@ -72,12 +92,15 @@ def test_bot_survives_a_database_restart(tmp_path: Path, private_pg, private_pg_
     after_ok = [text for _, p, code, text in results
                 if p in ("after", "up") and code == 200 and "Queued" in text]
     unfinished = [(j.id, j.status) for j in rows if j.status not in FINAL_STATUSES]
-    report.add("4 database loss", f"slash commands across {outages} PostgreSQL restart",
-               len(results), held=len(results) - len(errors), lost=len(unfinished),
-               note=f"{unavailable} 'temporarily unavailable', {len(errors)} non-200, "
-               f"{queued_said} queued → {len(rows)} jobs")
+    errors += [("mention", p, code) for p, code in mentions if code != 200]
+    n = len(results) + len(mentions)
+    report.add("4 database loss", f"commands and mentions across {outages} PG restart(s)",
+               n, held=n - len(errors), lost=len(unfinished),
+               note=f"{unavailable} + {len(told)} in threads 'temporarily unavailable', "
+               f"{len(errors)} non-200, {queued_said} queued → {len(rows)} jobs")
     assert not errors, errors[:5]
     assert unavailable >= 1, "no request was answered while the database was down"
+    assert told, "no mention was answered in its thread while the database was down"
     assert not other_down or all("Queued" in t or "jobs" in t.lower() for t in other_down), \
         other_down[:3]
     assert after_ok, "the bot did not recover after the database came back"

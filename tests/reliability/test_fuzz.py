@@ -263,6 +263,54 @@ def test_huge_template_outputs_are_refused_quickly(report: Report) -> None:
     assert not slow, slow
 
 
+BIG = st.sampled_from([0, 1, 7, 99, 1000, 4096, 99_999, 100_001, 10**6, 10**9, 2**63])
+PIECE = st.one_of(
+    st.builds("{{{{ ticket * {} }}}}".format, BIG),
+    st.builds("{{{{ 'ab' * {} }}}}".format, BIG),
+    st.builds("{{{{ {} ** {} }}}}".format, BIG, BIG),
+    st.builds("{{% for i in range({}) %}}{{{{ ticket }}}}{{% endfor %}}".format, BIG),
+    st.builds("{{% for i in range({}) %}}{{% for j in range({}) %}}x{{% endfor %}}{{% endfor %}}"
+              .format, BIG, BIG),
+    st.builds("{{{{ ticket | replace('a', ticket * {}) }}}}".format, BIG),
+    st.builds("{{{{ ([ticket] * {}) | join(ticket) }}}}".format, BIG),
+    st.builds("{{{{ range({}) | list | length }}}}".format, BIG),
+    st.builds("{{{{ ticket | truncate({}) }}}}".format, BIG),
+    st.builds("{{% set x = ticket * {} %}}{{{{ x ~ x ~ x }}}}".format, BIG),
+)
+
+
+def test_generated_template_blowups_stay_bounded(report: Report) -> None:
+    outcome: Counter[str] = Counter()
+    bad: list[tuple[str, str]] = []
+
+    @FUZZ
+    @given(st.lists(PIECE, min_size=1, max_size=4).map("".join),
+           st.sampled_from(["a", "a" * 1000, "a" * 50_000]))
+    def one(src: str, ticket: str) -> None:
+        start = time.monotonic()
+        try:
+            out = templates.render(src, {"ticket": ticket})
+        except UserError as exc:
+            outcome["refused"] += 1
+            if not _clear(str(exc)):
+                bad.append((src, str(exc)))
+        except Exception as exc:  # noqa: BLE001
+            bad.append((src, repr(exc)))
+        else:
+            outcome["rendered"] += 1
+            if len(out) > templates.MAX_OUTPUT:
+                bad.append((src, f"rendered {len(out):,} characters"))
+        if time.monotonic() - start > 2.0:
+            bad.append((src, f"took {time.monotonic() - start:.1f}s"))
+
+    one()
+    n = sum(outcome.values()) + len([b for b in bad if b[1].startswith("unexpected")])
+    report.add("6 fuzz templates", "generated template blow-ups (hypothesis)", n,
+               held=n - len(bad), lost=len(bad),
+               note=", ".join(f"{v} {k}" for k, v in sorted(outcome.items())))
+    assert not bad, bad[:5]
+
+
 # ---- dataset files -----------------------------------------------------------------------
 
 FAMILY_NAMES = ["broken_json", "latin1", "utf16", "binary", "huge_line", "too_many_rows",
