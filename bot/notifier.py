@@ -20,6 +20,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Engine
 
 from bot.blocks import fallback_text, images, reply_blocks
+from bot.home import refresh_home_quietly
 from bot.oauth import bot_token_for
 from tunebot.actions import buttons_for, cancel_button
 from tunebot.db import session_scope
@@ -134,6 +135,8 @@ def deliver_pending(settings: Settings, engine: Engine, job_id: int,
                                 .values(delivered_at=utcnow(), slack_ts=slack_ts,
                                         delivery_attempts=JobEvent.delivery_attempts + 1))
             delivered += 1
+            if ev.kind == "final":  # the requester's Home tab shows the new result
+                refresh_home_quietly(client, engine, job.team_id, job.requested_by)
     finally:
         _release(engine, job_id, owner)
 

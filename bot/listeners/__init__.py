@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from slack_bolt import App as BoltApp
 
-from bot.listeners import actions, commands, mentions
+from bot.listeners import actions, commands, home, mentions
 from tunebot.service import App
 
 
@@ -13,3 +13,4 @@ def register(app: BoltApp, core: App) -> None:
     commands.register(app, core)
     mentions.register(app, core)
     actions.register(app, core)
+    home.register(app, core)
