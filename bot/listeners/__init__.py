@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from slack_bolt import App as BoltApp
 
-from bot.listeners import actions, commands, home, mentions
+from bot.listeners import actions, commands, home, mentions, modals
 from tunebot.service import App
 
 
@@ -14,3 +14,4 @@ def register(app: BoltApp, core: App) -> None:
     mentions.register(app, core)
     actions.register(app, core)
     home.register(app, core)
+    modals.register(app, core)

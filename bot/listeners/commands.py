@@ -11,11 +11,13 @@ from slack_sdk import WebClient
 
 from bot.blocks import fallback_text, reply_blocks
 from bot.listeners.common import actor_for, job_reply, run
+from bot.listeners.modals import open_prompt_form
 from tunebot.commands import parse
 from tunebot.errors import UserError
 from tunebot.replies import error
 from tunebot.service import App
 
+FORMS = {("prompt", "new"), ("prompt", "edit")}
 COMMANDS = re.compile(r"^/(prompt|dataset|finetune|model|compare|tunebot)$")
 
 
@@ -31,6 +33,10 @@ def register(app: BoltApp, core: App) -> None:
         except UserError as exc:
             reply = error(str(exc), exc.usage)
         else:
+            if (cmd.family, cmd.action) in FORMS and command.get("trigger_id"):
+                ack()  # the form opens within the trigger's 3 seconds
+                open_prompt_form(client, core, cmd, command)
+                return
             # Slack never retries slash commands, but a client or proxy may resend the body:
             # the trigger_id is unique per invocation, so it keys the job.
             key = f"slash:{command['team_id']}:{command.get('trigger_id', '')}" \

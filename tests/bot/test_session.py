@@ -127,8 +127,13 @@ def script(stack: Stack, client: Client, model: Path) -> None:
                                                 user="U0BOB")
     assert "production" in cmd("label colours@2 production", "/prompt")
     assert "colours@2" in cmd("show colours:production", "/prompt")
-    assert "with a YAML file" in cmd("edit colours", "/prompt") or "form" in cmd(
-        "edit colours", "/prompt")
+    # /prompt new and /prompt edit open the form (tests/bot/test_modals.py submits it).
+    opened = len(stack.slack.calls_for("views.open"))
+    assert cmd("edit colours", "/prompt").strip() == ""
+    assert cmd("new", "/prompt").strip() == ""
+    stack.slack.wait_for(lambda: len(stack.slack.calls_for("views.update")) >= 2 or None,
+                         timeout=15)
+    assert len(stack.slack.calls_for("views.open")) == opened + 2
     assert "colours-eval" in cmd("list", "/dataset")
     ds = cmd("show colours-eval", "/dataset")
     assert "24" in ds and "warm" in ds and "cool" in ds
