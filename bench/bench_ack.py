@@ -1,0 +1,463 @@
+"""Slack ack latency under load: tunebot's HTTP bot vs a bare Bolt app that only acks.
+
+    python -m bench.bench_ack [--quick] [--device cpu|cuda] [--out PATH]
+
+N signed `/tunebot ping` slash commands from 100 users (each one a job: tunebot commits a job
+row and a "queued" event to PostgreSQL and sends the task to Redis before it answers) are fired
+at concurrency C by an asyncio + httpx client, against two servers measured side by side in the
+same run, repeats interleaved:
+
+- tunebot: `tunebot bot --http` (uvicorn, Bolt dispatch in Starlette's thread pool), on a fresh
+  migrated PostgreSQL database and the Redis broker, quota raised for the run;
+- baseline: a minimal sync Bolt app whose one listener only calls ack(), on uvicorn through
+  Bolt's own Starlette adapter (`slack_bolt.adapter.starlette.SlackRequestHandler`).
+
+Both sign-verify every request and both start against the local Slack Web API stand-in
+(tests/slack_api/; Bolt calls auth.test once). During every run a CPU-busy process stands in for
+a worker busy with a prompt test on the same host, on both sides alike. Reported per side:
+time to the HTTP 200 (p50/p95/p99), commands/s and errors (non-200, timeouts, or a tunebot
+reply that is not "Queued …"), min/median/max over the repeats, ratios tunebot/baseline per
+repeat; and the same at concurrency 10, 25, 50 and 100 (the scaling table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    flush_redis,
+    free_port,
+    host,
+    load_average,
+    percentile,
+    pg_database,
+    redis_url,
+    spread,
+    wait_port,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = Path(__file__).resolve().parent / "results-ack.json"
+SECRET = "bench-signing-secret"
+BOT_TOKEN = "xoxb-bench-token"
+USERS = 100
+DUMP = os.environ.get("BENCH_ACK_DUMP")  # a JSONL file: every run's (sent at, latency) pairs
+LEVELS = (10, 25, 50, 100)
+
+
+# ---- the baseline server (run in its own process) --------------------------------------
+
+
+def serve_baseline(port: int, api_url: str) -> None:
+    """The bare app: sync Bolt, one listener that only acks, Bolt's Starlette adapter."""
+    import uvicorn
+    from slack_bolt import App
+    from slack_bolt.adapter.starlette import SlackRequestHandler
+    from slack_sdk import WebClient
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.routing import Route
+
+    bolt = App(client=WebClient(token=BOT_TOKEN, base_url=api_url), signing_secret=SECRET,
+               token_verification_enabled=False)
+
+    @bolt.command(re.compile(r"^/(prompt|dataset|finetune|model|compare|tunebot)$"))
+    def on_command(ack: Any) -> None:
+        ack()
+
+    handler = SlackRequestHandler(bolt)
+
+    async def events(request: Request) -> Any:
+        return await handler.handle(request)
+
+    app = Starlette(routes=[Route("/slack/events", events, methods=["POST"])])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def serve_tunebot_variant(port: int, variant: str) -> None:
+    """An experiment, not tunebot's server: tunebot's own listeners (settings from the same
+    environment) on a Bolt app changed as `variant` says: `limitK` dispatches through a K-thread
+    CapacityLimiter instead of the thread pool's 40 (requests queue in order instead of
+    time-slicing one GIL); `pbr` sets Bolt's process_before_response, so the listener runs in
+    the dispatching thread and the ack is returned directly (sync Bolt otherwise runs it on a
+    second thread and polls for the ack every 10 ms). `pbr-limit8` is both."""
+    import anyio
+    import uvicorn
+    from slack_bolt import App as BoltApp
+    from slack_bolt.adapter.starlette.handler import to_bolt_request, to_starlette_response
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from bot import listeners
+    from bot.notifier import make_client
+    from tunebot.cli import app_for
+    from tunebot.settings import load_settings
+
+    settings = load_settings()
+    core = app_for(settings)
+    bolt = BoltApp(client=make_client(settings), signing_secret=SECRET,
+                   token_verification_enabled=False, ignoring_self_events_enabled=True,
+                   process_before_response="pbr" in variant)
+    listeners.register(bolt, core)
+    m = re.search(r"limit(\d+)", variant)
+    limiter = anyio.CapacityLimiter(int(m.group(1))) if m else None
+
+    async def events(request: Request) -> Response:
+        body = await request.body()
+        resp = await anyio.to_thread.run_sync(bolt.dispatch, to_bolt_request(request, body),
+                                              limiter=limiter)
+        return to_starlette_response(resp)
+
+    app = Starlette(routes=[Route("/slack/events", events, methods=["POST"])])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# ---- the load generator ----------------------------------------------------------------
+
+
+def bodies(n: int) -> list[bytes]:
+    """n distinct `/tunebot ping` slash commands from USERS users (unique trigger ids)."""
+    from tests.slack_api.payloads import slash_command_body
+
+    return [slash_command_body("ping", command="/tunebot", user_id=f"U{i % USERS:05d}",
+                               user_name=f"user{i % USERS}") for i in range(n)]
+
+
+async def _fire(url: str, payloads: list[bytes], concurrency: int,
+                ok: Callable[[bytes], bool]) -> dict[str, Any]:
+    import httpx
+
+    from tests.slack_api.payloads import signed_headers
+
+    latencies: list[float] = []
+    timeline: list[tuple[float, float]] = []  # (sent at, latency) seconds, for --dump
+    errors: Counter[str] = Counter()
+    todo = iter(payloads)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
+        async def user() -> None:
+            for body in todo:
+                headers = signed_headers(body, SECRET)
+                t = time.perf_counter()
+                try:
+                    r = await client.post(url, content=body, headers=headers)
+                except httpx.HTTPError as exc:
+                    errors[exc.__class__.__name__] += 1
+                    continue
+                latencies.append(time.perf_counter() - t)
+                timeline.append((t - started, latencies[-1]))
+                if r.status_code != 200:
+                    errors[f"http {r.status_code}"] += 1
+                elif not ok(r.content):
+                    errors["unexpected reply"] += 1
+
+        started = time.perf_counter()  # read by user() only after the gather below starts
+        await asyncio.gather(*(user() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    return {"n": len(payloads), "wall_s": wall, "latencies": latencies, "timeline": timeline,
+            "errors": dict(errors)}
+
+
+def fire(url: str, n: int, concurrency: int, ok: Callable[[bytes], bool]) -> dict[str, Any]:
+    """One run: n commands at this concurrency; latency percentiles in ms, commands/s, errors."""
+    raw = asyncio.run(_fire(url, bodies(n), concurrency, ok))
+    if DUMP:
+        with open(DUMP, "a") as f:
+            f.write(json.dumps({"url": url, "c": concurrency, "timeline": raw["timeline"]}) + "\n")
+    lat = [x * 1000 for x in raw["latencies"]]
+    return {"n": n, "concurrency": concurrency, "p50_ms": percentile(lat, 50),
+            "p95_ms": percentile(lat, 95), "p99_ms": percentile(lat, 99), "max_ms": max(lat),
+            "throughput": n / raw["wall_s"], "errors": sum(raw["errors"].values()),
+            "error_kinds": raw["errors"]}
+
+
+def tunebot_ok(content: bytes) -> bool:
+    """A tunebot ack that created the job (not an outage or quota answer)."""
+    return b"Queued" in content
+
+
+def baseline_ok(content: bytes) -> bool:
+    """The bare app's empty ack."""
+    return True
+
+
+# ---- the stack ----------------------------------------------------------------------------
+
+
+class Procs:
+    """Child processes in their own sessions, stopped together."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Start one child, its output in logdir/name.log."""
+        log = open(self.logdir / f"{name}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, only: subprocess.Popen[bytes] | None = None) -> None:
+        """SIGTERM each child's group (or just `only`'s), then SIGKILL what lingers."""
+        procs = self.procs if only is None else [only]
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def truncate(db_url: str) -> None:
+    """Empty the job tables and the broker between tunebot runs, so each run starts alike."""
+    import psycopg
+
+    with psycopg.connect(db_url.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute("TRUNCATE jobs, job_events RESTART IDENTITY CASCADE")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Start both servers and the busy process, then measure, repeats interleaved."""
+    from tests.conftest import settings_env
+    from tests.slack_api.server import SlackAPIServer
+    from tunebot import migrate
+    from tunebot.settings import Settings
+
+    headline = args.concurrency
+    levels = sorted({*LEVELS, headline}) if not args.no_scaling else [headline]
+    n_for = {c: (args.n if c == headline else args.n_scaling) for c in levels}
+    with tempfile.TemporaryDirectory() as tmp, pg_database() as db_url, \
+            SlackAPIServer(bot_token=BOT_TOKEN, app_token="xapp-bench",
+                           signing_secret=SECRET) as slack:
+        broker = redis_url()
+        migrate.upgrade(db_url)
+        settings = Settings(var_dir=Path(tmp) / "var", database_url=db_url, broker_url=broker,
+                            slack_api_url=slack.api_url)
+        env = settings_env(settings)
+        env.update({"SLACK_SIGNING_SECRET": SECRET, "SLACK_BOT_TOKEN": BOT_TOKEN,
+                    "TUNEBOT_MAX_JOBS_PER_USER": "100000"})
+        procs = Procs(Path(tmp))
+        try:
+            tb_port, base_port = free_port(), free_port()
+            tb = procs.start("tunebot-bot", [sys.executable, "-m", "tunebot.cli", "bot",
+                                             "--http", "--port", str(tb_port)], env)
+            base = procs.start("baseline", [sys.executable, "-m", "bench.bench_ack",
+                                            "--serve-baseline", str(base_port),
+                                            "--api-url", slack.api_url], env)
+            wait_port(tb_port, proc=tb)
+            wait_port(base_port, proc=base)
+            urls = {"tunebot": f"http://127.0.0.1:{tb_port}/slack/events",
+                    "baseline": f"http://127.0.0.1:{base_port}/slack/events"}
+            oks = {"tunebot": tunebot_ok, "baseline": baseline_ok}
+            for variant in args.experiment:
+                v_port = free_port()
+                v = procs.start(variant, [sys.executable, "-m", "bench.bench_ack",
+                                          "--serve-tunebot-variant", variant, "--port",
+                                          str(v_port)], env)
+                wait_port(v_port, proc=v)
+                urls[f"tunebot_{variant}"] = f"http://127.0.0.1:{v_port}/slack/events"
+                oks[f"tunebot_{variant}"] = tunebot_ok
+            for side in urls:  # warm-up: imports, auth.test, connection pools
+                warm = fire(urls[side], 40, 5, oks[side])
+                if warm["errors"]:
+                    raise RuntimeError(f"{side} warm-up failed: {warm['error_kinds']}")
+            runs: dict[int, dict[str, list[dict[str, Any]]]] = {
+                c: {side: [] for side in urls} for c in levels}
+            for rep in range(args.repeats):
+                for c in levels:
+                    order = list(urls) if rep % 2 == 0 else list(urls)[::-1]
+                    for side in order:
+                        if side != "baseline":
+                            truncate(db_url)
+                            flush_redis(broker)
+                        time.sleep(0.5)
+                        r = fire(urls[side], n_for[c], c, oks[side])
+                        runs[c][side].append(r)
+                        print(f"  rep {rep + 1} c={c:<3} {side:8} p50 {r['p50_ms']:6.0f} ms  "
+                              f"p99 {r['p99_ms']:6.0f} ms  {r['throughput']:6.1f}/s  "
+                              f"errors {r['errors']}", flush=True)
+        finally:
+            procs.stop()
+            flush_redis(broker)
+    table = {str(c): summarise(runs[c]) for c in levels}
+    head = table[str(headline)]
+    goal = (head["ratio"]["throughput"]["median"] >= 1.0
+            and head["ratio"]["p99_ms"]["median"] <= 1.2
+            and head["tunebot"]["errors_total"] == 0)
+    return {"setup": {"commands": args.n, "users": USERS, "concurrency": headline,
+                      "scaling_commands": args.n_scaling, "repeats": args.repeats,
+                      "busy_processes": args.busy, "database": "postgresql (fresh, migrated)",
+                      "broker": "redis", "quota": 100000,
+                      "tunebot": "tunebot bot --http (uvicorn, Bolt sync dispatch in thread pool)",
+                      "baseline": "sync Bolt App, ack() only, SlackRequestHandler on uvicorn"},
+            "headline": head, "scaling": table,
+            "goal": {"rule": "tunebot throughput >= baseline, p99 <= 1.2x baseline, 0 errors",
+                     "met": goal}}
+
+
+def profile(n: int) -> dict[str, Any]:
+    """Where one command's time goes: both Bolt apps dispatched serially in this process (no
+    HTTP, no contention), tunebot's steps timed by wrapping them; ms per command."""
+    import functools
+
+    from slack_bolt import App
+    from slack_bolt.request import BoltRequest
+    from slack_sdk import WebClient
+
+    import tunebot.jobs as jobs_mod
+    from bot.app import build_bolt
+    from tests.slack_api.payloads import signed_headers
+    from tests.slack_api.server import SlackAPIServer
+    from tunebot import migrate
+    from tunebot.cli import app_for
+    from tunebot.settings import Settings
+
+    spent: Counter[str] = Counter()
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[name] += time.perf_counter() - t
+        return wrapper
+
+    steps = {"submit (total)": "submit", "  idempotency pre-select": "_find_existing",
+             "  send task to broker": "_wake", "queued event (total)": "emit",
+             "  send notify to broker": "_notify"}
+    for label, attr in steps.items():
+        setattr(jobs_mod, attr, timed(label, getattr(jobs_mod, attr)))
+    out: dict[str, Any] = {"commands": n}
+    with tempfile.TemporaryDirectory() as tmp, pg_database() as db_url, \
+            SlackAPIServer(bot_token=BOT_TOKEN, app_token="xapp-bench",
+                           signing_secret=SECRET) as slack:
+        broker = redis_url()
+        migrate.upgrade(db_url)
+        settings = Settings(var_dir=Path(tmp), database_url=db_url, broker_url=broker,
+                            slack_api_url=slack.api_url, slack_bot_token=BOT_TOKEN,
+                            slack_signing_secret=SECRET, max_jobs_per_user=100000)
+        core = app_for(settings)
+        bare = App(client=WebClient(token=BOT_TOKEN, base_url=slack.api_url),
+                   signing_secret=SECRET, token_verification_enabled=False)
+        bare.command(re.compile(r"^/tunebot$"))(lambda ack: ack())
+        for name, bolt in (("baseline", bare), ("tunebot", build_bolt(settings, core))):
+            reqs = [BoltRequest(body=b.decode(), headers=signed_headers(b, SECRET))
+                    for b in bodies(n + 20)]
+            for r in reqs[:20]:
+                bolt.dispatch(r)
+            spent.clear()
+            t, cpu = time.perf_counter(), time.process_time()
+            for r in reqs[20:]:
+                resp = bolt.dispatch(r)
+                assert resp.status == 200, resp.body
+            total, cpu = time.perf_counter() - t, time.process_time() - cpu
+            # cpu: this process's CPU (the bot's share; PostgreSQL's and Redis's are elsewhere)
+            out[name] = {"dispatch_ms": round(1000 * total / n, 2),
+                         "bot_cpu_ms": round(1000 * cpu / n, 2),
+                         **{k: round(1000 * v / n, 2) for k, v in spent.items()}}
+            print(f"  {name}: {out[name]}", flush=True)
+        core.engine.dispose()
+        flush_redis(broker)
+    return out
+
+
+def summarise(sides: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """min/median/max per side and of the paired per-repeat ratios tunebot/baseline."""
+    keys = ("p50_ms", "p95_ms", "p99_ms", "throughput")
+    out: dict[str, Any] = {}
+    for side, runs in sides.items():
+        out[side] = {k: spread([r[k] for r in runs], 1) for k in keys}
+        out[side]["errors_total"] = sum(r["errors"] for r in runs)
+        kinds: Counter[str] = Counter()
+        for r in runs:
+            kinds.update(r["error_kinds"])
+        out[side]["error_kinds"] = dict(kinds)
+    for side in sides:
+        if side != "baseline":
+            name = "ratio" if side == "tunebot" else f"ratio_{side}"
+            out[name] = {k: spread([t[k] / b[k] for t, b in zip(sides[side], sides["baseline"],
+                                                                 strict=True)], 2) for k in keys}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and write JSON."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="100 commands at concurrency 20")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="accepted for a uniform CLI; the bot path uses no accelerator")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--n", type=int, default=None, help="commands per headline run")
+    ap.add_argument("--n-scaling", type=int, default=None, help="commands per scaling run")
+    ap.add_argument("--concurrency", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--busy", type=int, default=1, help="CPU-busy processes during the runs")
+    ap.add_argument("--no-scaling", action="store_true")
+    ap.add_argument("--profile", type=int, default=None, metavar="N",
+                    help="serial in-process dispatches per app for the step-by-step timing "
+                         "(default 200, quick 50; 0: none)")
+    ap.add_argument("--profile-only", action="store_true", help="skip the load runs")
+    ap.add_argument("--experiment", action="append", default=[], metavar="VARIANT",
+                    help="also measure tunebot's listeners on a changed Bolt app: limitK, pbr, "
+                         "pbr-limitK (see serve_tunebot_variant)")
+    ap.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--serve-tunebot-variant", metavar="VARIANT", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--api-url", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.serve_baseline:
+        serve_baseline(args.serve_baseline, args.api_url)
+        return 0
+    if args.serve_tunebot_variant:
+        serve_tunebot_variant(args.port, args.serve_tunebot_variant)
+        return 0
+    args.n = args.n or (100 if args.quick else 500)
+    args.n_scaling = args.n_scaling or (100 if args.quick else 300)
+    args.concurrency = args.concurrency or (20 if args.quick else 50)
+    if args.profile is None:
+        args.profile = 50 if args.quick else 200
+    if args.profile_only:
+        print(json.dumps(profile(args.profile), indent=2))
+        return 0
+    load_before = load_average()
+    result = {**host(), "device": args.device, "quick": args.quick,
+              "load_average_before": load_before, **run(args),
+              "load_average_after": load_average()}
+    if args.profile:
+        result["profile_ms_per_command"] = profile(args.profile)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    h = result["headline"]
+    print(f"ack @ c={args.concurrency}: tunebot p99 {h['tunebot']['p99_ms']['median']:.0f} ms, "
+          f"{h['tunebot']['throughput']['median']:.1f}/s; baseline p99 "
+          f"{h['baseline']['p99_ms']['median']:.0f} ms, {h['baseline']['throughput']['median']:.1f}"
+          f"/s; ratio p99 {h['ratio']['p99_ms']['median']:.2f}x, throughput "
+          f"{h['ratio']['throughput']['median']:.2f}x; goal met: {result['goal']['met']}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""Queue overhead: submit → the worker's first line of a no-op job, vs a bare Celery task.
+
+    python -m bench.bench_queue [--quick] [--device cpu|cuda] [--out PATH]
+
+On each broker — Redis (with PostgreSQL, the production pair) and the embedded SQLite broker
+(`sqla+sqlite`, with the SQLite database) — two real worker processes run side by side, one
+task at a time each, repeats interleaved:
+
+- tunebot: `tunebot worker --queues inference` (`-c 1`). A job is submitted as the bot and the
+  CLI submit it (`/tunebot ping`: quota check, job row and "queued" event committed, then the
+  task sent); its first line is the worker's first event in SQL (the "· running" status line,
+  written right after it took the job's lease). Done = the job row's finished_at.
+- baseline: a bare Celery app with one task that appends the time it was received to a file,
+  on the same broker with the same worker options (prefetch 1, acks_late, `-c 1`, 0.2 s SQL
+  poll interval). Done = received.
+
+Latency: jobs sent one at a time, 0.15–0.35 s apart (an idle queue), p50/p99 of submit → first
+line. Throughput: a burst of jobs submitted back to back, jobs/s from the first submit to the
+last one done. min/median/max over repeats, ratios tunebot/baseline per repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    as_utc,
+    flush_redis,
+    host,
+    load_average,
+    percentile,
+    pg_database,
+    redis_url,
+    spread,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = Path(__file__).resolve().parent / "results-queue.json"
+BARE_TASK = "bare.record"
+BARE_QUEUE = "bare"
+QUOTA = 100_000  # raised for the run: a burst is one user's many jobs
+
+
+# ---- the bare Celery app -----------------------------------------------------------------
+
+
+def bare_celery(broker: str):  # type: ignore[no-untyped-def]
+    """A plain Celery app on `broker`, with tunebot's worker options and nothing else."""
+    from celery import Celery
+
+    app = Celery("bare", broker=broker)
+    transport: dict[str, object] = {}
+    if broker.startswith("sqla+"):
+        from kombu.transport import sqlalchemy as kombu_sql
+
+        kombu_sql.Transport.polling_interval = 0.2  # tunebot's setting (kombu's default: 1 s)
+        transport = {"connect_args": {"timeout": 30}}
+    app.conf.update(task_serializer="json", accept_content=["json"], task_ignore_result=True,
+                    task_default_queue=BARE_QUEUE, worker_prefetch_multiplier=1,
+                    task_acks_late=True, broker_transport_options=transport,
+                    broker_connection_retry_on_startup=True, worker_hijack_root_logger=False)
+    return app
+
+
+def serve_bare(broker: str, record: str) -> None:
+    """Run the bare worker: its one task writes `ident received_at` per message."""
+    app = bare_celery(broker)
+
+    @app.task(name=BARE_TASK)
+    def record_time(ident: str) -> None:
+        received = time.time()
+        with open(record, "a") as f:
+            f.write(f"{ident} {received}\n")
+
+    app.worker_main(["worker", "-Q", BARE_QUEUE, "-c", "1", "-n", "bare@%h", "-l", "INFO",
+                     "--without-gossip", "--without-mingle", "--without-heartbeat"])
+
+
+class Bare:
+    """The baseline side: send by name, read receipt times from the record file."""
+
+    name = "baseline"
+
+    def __init__(self, broker: str, record: Path) -> None:
+        self.app = bare_celery(broker)
+        self.record = record
+        self.sent: dict[str, float] = {}
+        self._seq = 0
+
+    def submit(self) -> str:
+        """Send one task; returns its ident."""
+        self._seq += 1
+        ident = f"t{self._seq}"
+        self.sent[ident] = time.time()
+        self.app.send_task(BARE_TASK, args=[ident], queue=BARE_QUEUE)
+        return ident
+
+    def _received(self) -> dict[str, float]:
+        if not self.record.exists():
+            return {}
+        out = {}
+        for line in self.record.read_text().splitlines():
+            ident, _, t = line.partition(" ")
+            out[ident] = float(t)
+        return out
+
+    def collect(self, idents: list[str], timeout: float) -> dict[str, tuple[float, float]]:
+        """ident → (first line, done) as POSIX times, waiting for all."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self._received()
+            if all(i in got for i in idents) or time.monotonic() > deadline:
+                return {i: (got[i], got[i]) for i in idents if i in got}
+            time.sleep(0.1)
+
+
+class Tunebot:
+    """The tunebot side: `/tunebot ping` through the service, times read back from SQL."""
+
+    name = "tunebot"
+
+    def __init__(self, settings: Any) -> None:
+        from tunebot.cli import app_for
+        from tunebot.commands import parse
+        from tunebot.service import Actor
+
+        self.core = app_for(settings)
+        self.cmd = parse("/tunebot ping")
+        self.actor = Actor(team_id="T0BENCH", user_id="U0BENCH")
+        self.sent: dict[str, float] = {}
+
+    def submit(self) -> str:
+        """Submit one no-op job as a user would; returns its id."""
+        from tunebot.service import execute
+
+        t = time.time()
+        out = execute(self.cmd, self.actor, self.core)
+        if out.job is None:
+            raise RuntimeError(f"submit failed: {out.reply.text}")
+        ident = str(out.job.id)
+        self.sent[ident] = t
+        return ident
+
+    def collect(self, idents: list[str], timeout: float) -> dict[str, tuple[float, float]]:
+        """job id → (worker's first event, finished_at) as POSIX times, waiting for all."""
+        from sqlalchemy import func, select
+        from sqlmodel import Session
+
+        from tunebot.models import Job, JobEvent
+
+        ids = [int(i) for i in idents]
+        deadline = time.monotonic() + timeout
+        while True:
+            # A short transaction per poll: on SQLite every transaction is BEGIN IMMEDIATE
+            # (tunebot.db), so a session held open across polls would lock the worker out.
+            with Session(self.core.engine) as s:
+                done = s.execute(select(func.count()).select_from(Job).where(
+                    Job.id.in_(ids), Job.finished_at.is_not(None))).scalar_one()  # type: ignore[union-attr,attr-defined]
+            if done == len(ids) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        with Session(self.core.engine) as s:
+            # seq 1 is the "queued" line written at submit; seq 2 is the worker's first.
+            first = dict(s.execute(select(JobEvent.job_id, func.min(JobEvent.created_at)).where(
+                JobEvent.job_id.in_(ids), JobEvent.seq >= 2)  # type: ignore[attr-defined]
+                .group_by(JobEvent.job_id)).all())
+            fin = dict(s.execute(select(Job.id, Job.finished_at).where(
+                Job.id.in_(ids))).all())  # type: ignore[union-attr]
+        return {str(i): (as_utc(first[i]), as_utc(fin[i])) for i in ids
+                if i in first and fin.get(i) is not None}
+
+
+def latency(side: Any, n: int, rng: random.Random) -> dict[str, Any]:
+    """n jobs, one at a time onto an idle queue: submit → first line, ms."""
+    idents = []
+    for _ in range(n):
+        idents.append(side.submit())
+        time.sleep(rng.uniform(0.15, 0.35))
+    got = side.collect(idents, timeout=60)
+    lat = [(got[i][0] - side.sent[i]) * 1000 for i in idents if i in got]
+    return {"n": n, "missing": n - len(lat), "p50_ms": percentile(lat, 50),
+            "p99_ms": percentile(lat, 99), "max_ms": max(lat) if lat else float("nan")}
+
+
+def throughput(side: Any, n: int) -> dict[str, Any]:
+    """A burst of n jobs: jobs/s from the first submit to the last done."""
+    idents = [side.submit() for _ in range(n)]
+    got = side.collect(idents, timeout=300)
+    first = min(side.sent[i] for i in idents)
+    last = max(done for _, done in got.values())
+    return {"n": n, "missing": n - len(got), "jobs_per_s": len(got) / (last - first),
+            "submit_per_s": n / (max(side.sent[i] for i in idents) - first + 1e-9)}
+
+
+def measure_broker(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Both sides on one broker, repeats interleaved."""
+    from bench.bench_ack import Procs
+    from tests.conftest import settings_env
+    from tunebot import migrate
+    from tunebot.settings import Settings
+
+    var = tmp / kind
+    var.mkdir()
+    with pg_database() if kind == "redis" else nullcontext("") as pg:
+        if kind == "redis":
+            broker = bare_broker = redis_url()
+            settings = Settings(var_dir=var, database_url=pg, broker_url=broker,
+                                max_jobs_per_user=QUOTA)
+        else:  # the embedded defaults: SQLite database and broker
+            settings = Settings(var_dir=var, max_jobs_per_user=QUOTA)
+            bare_broker = f"sqla+sqlite:///{var / 'bare-broker.db'}"
+        migrate.upgrade(settings.database_url)
+        env = settings_env(settings)
+        env["TUNEBOT_LOG_LEVEL"] = "WARNING"  # the bare worker logs no per-task lines either
+        procs = Procs(var)
+        try:
+            record = var / "bare-received.txt"
+            procs.start("tunebot-worker", [sys.executable, "-m", "tunebot.cli", "worker",
+                                           "--queues", "inference", "--concurrency", "1"], env)
+            procs.start("bare-worker", [sys.executable, "-m", "bench.bench_queue", "--serve-bare",
+                                        bare_broker, "--record", str(record)], env)
+            sides = [Tunebot(settings), Bare(bare_broker, record)]
+            for side in sides:  # warm-up: worker imports, connections, first task
+                got = side.collect([side.submit() for _ in range(3)], timeout=120)
+                if len(got) != 3:
+                    logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"
+                                      for p in sorted(var.glob("*.log")))
+                    raise RuntimeError(f"{kind}: the {side.name} worker ran {len(got)}/3 "
+                                       f"warm-up jobs\n{logs}")
+            rng = random.Random(0)
+            runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+                s.name: {"latency": [], "throughput": []} for s in sides}
+            for rep in range(args.repeats):
+                for side in (sides if rep % 2 == 0 else sides[::-1]):
+                    lat = latency(side, args.n, rng)
+                    time.sleep(0.5)
+                    thr = throughput(side, args.burst[kind])
+                    time.sleep(0.5)
+                    runs[side.name]["latency"].append(lat)
+                    runs[side.name]["throughput"].append(thr)
+                    print(f"  {kind:6} rep {rep + 1} {side.name:8} p50 {lat['p50_ms']:6.1f} ms  "
+                          f"p99 {lat['p99_ms']:6.1f} ms  {thr['jobs_per_s']:7.1f} jobs/s",
+                          flush=True)
+        finally:
+            procs.stop()
+            if kind == "redis":
+                flush_redis(broker)
+    return {"database": "postgresql" if kind == "redis" else "sqlite", **summarise(runs)}
+
+
+def summarise(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """min/median/max per side, and per-repeat ratios tunebot/baseline."""
+    out: dict[str, Any] = {}
+    for side, r in runs.items():
+        out[side] = {"p50_ms": spread([x["p50_ms"] for x in r["latency"]], 1),
+                     "p99_ms": spread([x["p99_ms"] for x in r["latency"]], 1),
+                     "jobs_per_s": spread([x["jobs_per_s"] for x in r["throughput"]], 1),
+                     "missing": sum(x["missing"] for k in r for x in r[k])}
+    t, b = runs["tunebot"], runs["baseline"]
+    out["ratio"] = {
+        "p50_ms": spread([x["p50_ms"] / y["p50_ms"] for x, y in zip(t["latency"], b["latency"],
+                                                                    strict=True)], 2),
+        "p99_ms": spread([x["p99_ms"] / y["p99_ms"] for x, y in zip(t["latency"], b["latency"],
+                                                                    strict=True)], 2),
+        "jobs_per_s": spread([x["jobs_per_s"] / y["jobs_per_s"] for x, y in
+                              zip(t["throughput"], b["throughput"], strict=True)], 2)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and write JSON."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer jobs per run")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="accepted for a uniform CLI; no-op jobs use no accelerator")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--n", type=int, default=None, help="jobs per latency run")
+    ap.add_argument("--burst", type=int, default=None,
+                    help="jobs per throughput run (default: Redis 100, SQLite 40)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--brokers", default="redis,sqlite")
+    ap.add_argument("--serve-bare", metavar="BROKER", help=argparse.SUPPRESS)
+    ap.add_argument("--record", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.serve_bare:
+        serve_bare(args.serve_bare, args.record)
+        return 0
+    args.n = args.n or (12 if args.quick else 30)
+    # The SQL transport delivers about one message per 0.2 s poll, so its bursts are smaller.
+    args.burst = ({"redis": args.burst, "sqlite": args.burst} if args.burst else
+                  {"redis": 30, "sqlite": 12} if args.quick else {"redis": 100, "sqlite": 40})
+    result: dict[str, Any] = {**host(), "device": args.device, "quick": args.quick,
+                              "load_average_before": load_average(),
+                              "setup": {"latency_jobs": args.n, "burst_jobs": args.burst,
+                                        "repeats": args.repeats, "job": "noop (seconds=0)",
+                                        "worker_concurrency": 1},
+                              "brokers": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in args.brokers.split(","):
+            result["brokers"][kind] = measure_broker(kind, args, Path(tmp))
+    result["load_average_after"] = load_average()
+    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    for kind, r in result["brokers"].items():
+        print(f"queue {kind}: tunebot p50 {r['tunebot']['p50_ms']['median']:.0f} ms "
+              f"({r['ratio']['p50_ms']['median']:.1f}x bare), "
+              f"{r['tunebot']['jobs_per_s']['median']:.1f} jobs/s "
+              f"({r['ratio']['jobs_per_s']['median']:.2f}x bare)")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

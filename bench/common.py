@@ -1,0 +1,105 @@
+"""What the service benchmarks share: percentiles, min/median/max, scratch PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import statistics
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS = "redis://127.0.0.1:6379"
+# Tests take Redis databases 1..14 (by pid); the benchmarks keep to 15 and flush only it.
+REDIS_DB = 15
+
+
+def percentile(xs: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100), linear between closest ranks."""
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    k = (len(s) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def spread(values: Sequence[float], digits: int = 3) -> dict[str, float]:
+    """min / median / max of repeated measurements."""
+    return {"min": round(min(values), digits), "median": round(statistics.median(values), digits),
+            "max": round(max(values), digits)}
+
+
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages (the CPU is shared: read the numbers with these)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def host() -> dict[str, object]:
+    """A short description of where this ran."""
+    return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60, proc=None) -> None:  # type: ignore[no-untyped-def]
+    """Block until something listens on 127.0.0.1:port (or the process died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited early with status {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout:.0f} s")
+
+
+@contextmanager
+def pg_database(prefix: str = "tunebot_bench") -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (SQLAlchemy URL), dropped afterwards."""
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def redis_url() -> str:
+    """The benchmarks' Redis database, flushed; raises if Redis is not answering."""
+    import redis
+
+    url = f"{REDIS}/{REDIS_DB}"
+    client = redis.Redis.from_url(url, socket_connect_timeout=5)
+    client.ping()
+    client.flushdb()
+    return url
+
+
+def flush_redis(url: str) -> None:
+    """Empty the benchmarks' Redis database between runs."""
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+
+
+def as_utc(ts: datetime) -> float:
+    """POSIX seconds of a stored timestamp (SQLite hands back naive UTC datetimes)."""
+    return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
