@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from slack_bolt import App as BoltApp
 
-from bot.listeners import actions, commands, home, mentions, modals
+from bot.listeners import actions, commands, files, home, mentions, modals
 from tunebot.service import App
 
 
@@ -15,3 +15,4 @@ def register(app: BoltApp, core: App) -> None:
     actions.register(app, core)
     home.register(app, core)
     modals.register(app, core)
+    files.register(app, core)

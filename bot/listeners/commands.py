@@ -9,8 +9,9 @@ from slack_bolt import Ack
 from slack_bolt import App as BoltApp
 from slack_sdk import WebClient
 
-from bot.blocks import fallback_text, reply_blocks
-from bot.listeners.common import actor_for, job_reply, run
+from bot.blocks import escape, fallback_text, reply_blocks
+from bot.files import PENDING_MINUTES, expect_upload
+from bot.listeners.common import UNAVAILABLE, actor_for, job_reply, run
 from bot.listeners.modals import open_prompt_form
 from tunebot.commands import parse
 from tunebot.errors import UserError
@@ -36,6 +37,19 @@ def register(app: BoltApp, core: App) -> None:
             if (cmd.family, cmd.action) in FORMS and command.get("trigger_id"):
                 ack()  # the form opens within the trigger's 3 seconds
                 open_prompt_form(client, core, cmd, command)
+                return
+            if (cmd.family, cmd.action) == ("dataset", "add"):
+                try:
+                    expect_upload(core.engine, team_id=command["team_id"],
+                                  user_id=command["user_id"],
+                                  channel=command.get("channel_id", ""), name=cmd.args["name"])
+                except Exception:  # the database is away: say so, never crash
+                    ack(text=UNAVAILABLE, response_type="ephemeral")
+                    return
+                text = (f"Upload the file for dataset {cmd.args['name']} here within "
+                        f"{PENDING_MINUTES} minutes (JSONL, CSV or YAML rows, or training "
+                        "data); I'll check it and answer in its thread.")
+                ack(text=escape(text), response_type="ephemeral")
                 return
             # Slack never retries slash commands, but a client or proxy may resend the body:
             # the trigger_id is unique per invocation, so it keys the job.

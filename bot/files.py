@@ -1,0 +1,114 @@
+"""Dataset files shared in Slack: fetched with the bot token from trusted hosts only, capped in
+size, the format decided by name and content (never Slack's mimetype), then validated and stored
+exactly like `tunebot dataset add`."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import select, update
+
+from tunebot.db import session_scope
+from tunebot.errors import UserError
+from tunebot.models import PendingUpload, utcnow
+from tunebot.settings import Settings
+
+PENDING_MINUTES = 10
+DATASET_ADD = re.compile(
+    r"^\s*(?:<@[A-Z0-9]+(?:\|[^>]*)?>\s*)?/?(?:tunebot\s+)?dataset\s+add\s+(\S+)\s*$", re.I)
+SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def requested_name(text: str) -> str | None:
+    """NAME when the message says `dataset add NAME` (optionally after a mention)."""
+    m = DATASET_ADD.match(text or "")
+    return m.group(1) if m else None
+
+
+def expect_upload(engine: Any, *, team_id: str, user_id: str, channel: str, name: str) -> None:
+    """Remember `/dataset add NAME`: this user's next file in this channel becomes NAME."""
+    now = utcnow()
+    with session_scope(engine) as session:
+        session.execute(update(PendingUpload).where(
+            PendingUpload.team_id == team_id, PendingUpload.user_id == user_id,  # type: ignore[arg-type]
+            PendingUpload.channel == channel, PendingUpload.used_at.is_(None))  # type: ignore[arg-type,union-attr]
+            .values(used_at=now))  # a newer request replaces an older one
+        session.add(PendingUpload(team_id=team_id, user_id=user_id, channel=channel, name=name,
+                                  expires_at=now + timedelta(minutes=PENDING_MINUTES)))
+
+
+def take_pending(engine: Any, *, team_id: str, user_id: str, channel: str) -> str | None:
+    """The dataset name this user asked for here in the last 10 minutes, claimed once."""
+    now = utcnow()
+    with session_scope(engine) as session:
+        row = session.execute(select(PendingUpload).where(
+            PendingUpload.team_id == team_id, PendingUpload.user_id == user_id,  # type: ignore[arg-type]
+            PendingUpload.channel == channel, PendingUpload.used_at.is_(None),  # type: ignore[arg-type,union-attr]
+            PendingUpload.expires_at > now)  # type: ignore[arg-type,operator]
+            .order_by(PendingUpload.id.desc())).scalars().first()  # type: ignore[union-attr]
+        if row is None:
+            return None
+        claimed = session.execute(update(PendingUpload).where(
+            PendingUpload.id == row.id, PendingUpload.used_at.is_(None))  # type: ignore[arg-type,union-attr]
+            .values(used_at=now)).rowcount  # type: ignore[attr-defined]
+        return row.name if claimed == 1 else None
+
+
+def trusted(url: str, hosts: list[str]) -> bool:
+    """Whether the URL is https (or a configured local host) on one of TUNEBOT_SLACK_FILE_HOSTS."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    netloc = parts.netloc.lower().rsplit("@", 1)[-1]
+    allowed = {h.lower() for h in hosts}
+    if host not in allowed and netloc not in allowed:
+        return False
+    return parts.scheme == "https" or (parts.scheme == "http" and host in allowed
+                                       and host in ("127.0.0.1", "localhost", "::1"))
+
+
+def download(file: dict[str, Any], token: str, settings: Settings, dest_dir: Path) -> Path:
+    """Fetch a shared file into dest_dir under its own (sanitised) name; UserError if refused."""
+    name = SAFE_NAME.sub("_", Path(str(file.get("name") or "upload")).name)[:100] or "upload"
+    url = file.get("url_private_download") or file.get("url_private") or ""
+    limit = settings.max_upload_mb * 1024 * 1024
+    if not url:
+        raise UserError(f"{name}: Slack gave no download link for this file")
+    if not trusted(url, settings.slack_file_hosts):
+        raise UserError(f"{name}: refused to download from {urlsplit(url).hostname or url[:60]} "
+                        "— files are fetched only from TUNEBOT_SLACK_FILE_HOSTS "
+                        f"({', '.join(settings.slack_file_hosts)})")
+    if int(file.get("size") or 0) > limit:
+        raise UserError(f"{name} is {int(file['size']) / 1e6:.1f} MB; the limit is "
+                        f"{settings.max_upload_mb} MB (TUNEBOT_MAX_UPLOAD_MB)")
+    path = dest_dir / name
+    got = 0
+    # No redirects: a redirect is Slack's sign-in page, and the token stays with this host.
+    with httpx.stream("GET", url, headers={"Authorization": f"Bearer {token}"}, timeout=60,
+                      follow_redirects=False) as resp:
+        if resp.status_code in (301, 302, 303, 307, 308) or "text/html" in resp.headers.get(
+                "content-type", ""):
+            raise UserError(f"{name}: Slack did not let the bot read this file (is the app in "
+                            "this channel, with the files:read scope?)")
+        if resp.status_code != 200:
+            raise UserError(f"{name}: download failed (HTTP {resp.status_code}); try again")
+        with open(path, "wb") as out:
+            for chunk in resp.iter_bytes(1 << 16):
+                got += len(chunk)
+                if got > limit:
+                    raise UserError(f"{name} is over the {settings.max_upload_mb} MB limit "
+                                    "(TUNEBOT_MAX_UPLOAD_MB)")
+                out.write(chunk)
+    return path
+
+
+def staging_dir(settings: Settings) -> Path:
+    """A fresh folder for one upload, under var/ (removed by the caller)."""
+    root = settings.var_dir / "uploads"
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=root))
