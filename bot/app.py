@@ -73,6 +73,15 @@ def main(settings: Settings, *, mode: str, port: int = 3000) -> None:
         if settings.slack_app_token is None:
             raise SystemExit("tunebot: bad setting SLACK_APP_TOKEN: Socket Mode needs an "
                              "app-level token (xapp-…)")
+        if bolt.oauth_flow is not None:
+            # Events arrive over the socket; the install pages still need HTTP.
+            import threading
+
+            import uvicorn
+
+            server = uvicorn.Server(uvicorn.Config(http_app(bolt), host="0.0.0.0", port=port,
+                                                   log_level="warning", access_log=False))
+            threading.Thread(target=server.run, name="oauth-http", daemon=True).start()
         SocketModeHandler(bolt, settings.slack_app_token.get_secret_value()).start()
         return
     if settings.slack_signing_secret is None:
