@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from tests.bot.conftest import Client, Stack, client_for, running_stack
+from tests.slack_api.payloads import app_home_opened_event
 from tests.workers.test_prompt_test_e2e import CONTENT, ROWS
 from tunebot import catalog, datasets, jobs
 from tunebot.db import session_scope
@@ -164,6 +165,14 @@ def script(stack: Stack, client: Client, model: Path) -> None:
     assert stack.slack.files_in(CHANNEL, root["ts"])  # the score-vs-cost chart
     _, _, thread = job("colours on colours-eval traffic=1000/day", "/compare")
     assert "Recommendation:" in thread
+    # App Home (opened over the same transport) shows the comparison and the tuned model.
+    published = len(stack.slack.calls_for("views.publish"))
+    client.event(app_home_opened_event("U0BOB"))
+    stack.slack.wait_for(lambda: len(stack.slack.calls_for("views.publish")) > published
+                         or None, timeout=15)
+    home = "\n".join(strings(stack.slack.home_views["U0BOB"]["blocks"]))
+    assert "*Comparisons*" in home and "Recommendation:" in home
+    assert "ft:colours@1" in home and "best " in home
 
     # Cancelling: a long ping cancelled from /tunebot, another from /finetune cancel.
     answer = client.slash("ping seconds=30", command="/tunebot", user_id="U0ALICE")

@@ -41,3 +41,42 @@ def test_slash_command_and_retried_event_over_socket_mode(stack: Stack) -> None:
         assert job_count(stack) == 2
     finally:
         handler.close()
+
+
+def test_form_errors_and_buttons_over_socket_mode(stack: Stack) -> None:
+    from tests.bot.conftest import SocketClient
+    from tests.bot.test_modals import GOOD, values
+    from tests.slack_api.payloads import block_actions_payload, view_submission_payload
+
+    client = SocketClient(stack)
+    try:
+        assert client.slash("new", command="/prompt") == {}  # the form answers, not the ack
+        view_id = stack.slack.wait_for(lambda: next(
+            (c.args.get("view_id") for c in stack.slack.calls_for("views.update")), None),
+            timeout=15)
+        view = stack.slack.views[view_id]
+
+        def submit(fields: dict) -> dict:
+            return client.interactive(view_submission_payload(
+                values(fields), callback_id=view["callback_id"],
+                private_metadata=view["private_metadata"], view_id=view["id"]))
+
+        answer = submit(dict(GOOD, max_new_tokens="0"))
+        assert answer["response_action"] == "errors"
+        assert "between 1 and 4096" in answer["errors"]["max_new_tokens"]
+        assert submit(GOOD) == {}
+        stack.slack.wait_for(lambda: any("saved *tone-check@1*" in m.get("text", "")
+                                         for m in stack.slack.messages("C0CHANNEL")) or None,
+                             timeout=15)
+        # A button over the socket: Re-run of a finished ping.
+        job = client.slash("ping", command="/tunebot")
+        assert "Queued" in job["text"]
+        wait_root_final(stack)
+        message = stack.slack.wait_for(lambda: next(
+            (m for m in stack.slack.messages("C0CHANNEL")
+             if any(b.get("type") == "actions" for b in m.get("blocks") or [])
+             and m.get("thread_ts") != m.get("ts")), None), timeout=20)
+        client.interactive(block_actions_payload("job_rerun", "1", message=message))
+        stack.slack.wait_for(lambda: job_count(stack) == 2 or None, timeout=15)
+    finally:
+        client.close()
