@@ -17,9 +17,8 @@ from sqlmodel import Session
 
 from tests.bot.conftest import Client, Stack, client_for, running_stack
 from tests.slack_api.payloads import app_home_opened_event
-from tests.workers.test_prompt_test_e2e import CONTENT, ROWS
-from tunebot import catalog, datasets, jobs
-from tunebot.db import session_scope
+from tests.workers.test_prompt_test_e2e import ROWS, seed_colours
+from tunebot import datasets, jobs
 from tunebot.models import Job, JobEvent
 
 CHANNEL = "C0CHANNEL"
@@ -45,17 +44,7 @@ def said(answer: dict) -> str:
 def seed(stack: Stack, tmp_path: Path) -> None:
     """The colours prompt (two versions), its eval set and a training set."""
     app, settings = stack.core, stack.settings
-    with session_scope(app.engine) as s:
-        catalog.save_version(session=s, team_id="T0TEAM", name="colours", content=CONTENT,
-                             author="U0ALICE", message="v1")
-        v2 = dict(CONTENT, messages=[CONTENT["messages"][0],
-                                     {"role": "user", "content": "Colour: {{ colour }}\nAnswer:"}])
-        catalog.save_version(session=s, team_id="T0TEAM", name="colours", content=v2,
-                             author="U0ALICE", message="v2")
-    evalset = tmp_path / "colours-eval.jsonl"
-    evalset.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    datasets.add_dataset(engine=app.engine, settings=settings, team_id="T0TEAM",
-                         name="colours-eval", path=evalset, user="U0ALICE")
+    seed_colours(app, settings, tmp_path)
     shades = ("light", "dark", "bright", "pale", "deep")
     train = tmp_path / "colours-train.jsonl"
     train.write_text("".join(json.dumps({"colour": f"{sh} {r['colour']}",

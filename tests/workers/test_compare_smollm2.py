@@ -7,26 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_settings
 from tests.workers.test_prompt_test_e2e import texts, wait_final
-from tunebot import migrate, registry
-from tunebot.catalog_io import import_dir
-from tunebot.cli import app_for
+from tests.workers.test_prompt_test_smollm2 import starter_catalog
+from tunebot import registry
 from tunebot.commands import parse
-from tunebot.service import Actor, execute
-
-CATALOG = Path(__file__).resolve().parents[2] / "prompts"
+from tunebot.service import execute
 
 
 @pytest.mark.smollm2
 def test_sentiment_prompt_vs_finetune_on_smollm2(tmp_path: Path, start_worker) -> None:
-    settings = make_settings(tmp_path, model_cache_dir=CATALOG.parent / "var" / "models")
-    migrate.upgrade(settings.database_url)
-    app = app_for(settings)
-    actor = Actor(team_id="T0TEAM", user_id="U0ALICE")
-    report = import_dir(engine=app.engine, settings=settings, team_id="T0TEAM", user="U0ALICE",
-                        path=CATALOG)
-    assert report.ok, report.lines()
+    settings, app, actor = starter_catalog(tmp_path)
     start_worker(settings, "inference,gpu")
     # One short epoch: enough for a real adapter; the verdict is whatever the numbers say.
     tune = execute(parse("/finetune start smollm2 on sentiment-train prompt=sentiment "

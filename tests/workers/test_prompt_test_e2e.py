@@ -32,11 +32,8 @@ ROWS = [{"colour": c, "expected": w} for c, w in
          ("green", "cool"), ("purple", "cool"), ("pink", "warm"), ("teal", "cool")] * 3]
 
 
-@pytest.fixture
-def world(tmp_path: Path, start_worker, tiny_model_dir: Path):  # type: ignore[no-untyped-def]
-    settings = make_settings(tmp_path)
-    migrate.upgrade(settings.database_url)
-    app = app_for(settings)
+def seed_colours(app, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The colours prompt (v1, and v2 asking for the answer) and its eval set in T0TEAM."""
     with session_scope(app.engine) as s:
         catalog.save_version(session=s, team_id="T0TEAM", name="colours", content=CONTENT,
                              author="U0ALICE", message="v1")
@@ -48,6 +45,14 @@ def world(tmp_path: Path, start_worker, tiny_model_dir: Path):  # type: ignore[n
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     datasets.add_dataset(engine=app.engine, settings=settings, team_id="T0TEAM",
                          name="colours-eval", path=data, user="U0ALICE")
+
+
+@pytest.fixture
+def world(tmp_path: Path, start_worker, tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path)
+    migrate.upgrade(settings.database_url)
+    app = app_for(settings)
+    seed_colours(app, settings, tmp_path)
     worker = start_worker(settings, "inference,gpu")
     actor = Actor(team_id="T0TEAM", user_id="U0ALICE")
     return settings, app, actor, worker, tiny_model_dir

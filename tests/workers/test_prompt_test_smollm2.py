@@ -12,21 +12,27 @@ from tunebot import migrate
 from tunebot.catalog_io import import_dir
 from tunebot.cli import app_for
 from tunebot.commands import parse
-from tunebot.service import Actor, execute
+from tunebot.service import Actor, App, execute
+from tunebot.settings import Settings
 
 CATALOG = Path(__file__).resolve().parents[2] / "prompts"
 
 
-@pytest.mark.smollm2
-def test_sentiment_production_beats_chance_on_smollm2(tmp_path: Path, start_worker) -> None:
+def starter_catalog(tmp_path: Path) -> tuple[Settings, App, Actor]:
+    """A migrated workspace holding the starter catalog (prompts/ and its datasets)."""
     # The converted model is cached per machine (var/models of the repo) to spare 30 s a run.
     settings = make_settings(tmp_path, model_cache_dir=CATALOG.parent / "var" / "models")
     migrate.upgrade(settings.database_url)
     app = app_for(settings)
-    actor = Actor(team_id="T0TEAM", user_id="U0ALICE")
     report = import_dir(engine=app.engine, settings=settings, team_id="T0TEAM", user="U0ALICE",
                         path=CATALOG)
     assert report.ok, report.lines()
+    return settings, app, Actor(team_id="T0TEAM", user_id="U0ALICE")
+
+
+@pytest.mark.smollm2
+def test_sentiment_production_beats_chance_on_smollm2(tmp_path: Path, start_worker) -> None:
+    settings, app, actor = starter_catalog(tmp_path)
     start_worker(settings, "inference")
     out = execute(parse("/prompt compare sentiment@1 sentiment:production on sentiment-eval"),
                   actor, app)
