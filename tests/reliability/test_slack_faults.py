@@ -31,15 +31,18 @@ def test_every_thread_message_once_in_order_after_slack_faults(
                        start_worker=start_tuned_worker, slack_posts_per_second=20.0,
                        worker_concurrency=2) as stack:
         slack = stack.slack
-        slack.fail_for(5.0, status=429, methods=METHODS, retry_after=1)
+        slack.fail_next(size(4, 8), status=429, methods=METHODS, retry_after=1)
+        if FULL:
+            slack.fail_for(5.0, status=429, methods=METHODS, retry_after=1)
         for i in range(n):
             resp = stack.slash("ping seconds=0.5", channel_id=channels[i % 2],
                                user_id=f"U{i:04d}")
             assert resp.status_code == 200 and "Queued" in resp.text, resp.text
-        time.sleep(5.0)
+        time.sleep(5.0 if FULL else 2.0)
         # Then 500s: a burst longer than the client's own retries, and a stretch of them.
-        slack.fail_next(8, status=500, methods=METHODS)
-        slack.fail_for(4.0 if not FULL else 10.0, status=500, methods=METHODS)
+        slack.fail_next(6, status=500, methods=METHODS)  # the client itself retries 4 times
+        if FULL:
+            slack.fail_for(10.0, status=500, methods=METHODS)
         deadline = time.monotonic() + (240 if FULL else 120)
         while time.monotonic() < deadline:
             rows = all_jobs(stack.core.engine)
@@ -71,5 +74,5 @@ def test_every_thread_message_once_in_order_after_slack_faults(
                note=f"{refused[429]}×429 + {refused[500]}×500 served; {misordered} threads out "
                f"of order, {undelivered} undelivered")
     assert all(j.status == "succeeded" for j in rows), [(j.id, j.status, j.error) for j in rows]
-    assert sent >= 6 * n and refused[429] > 0 and refused[500] >= 8, refused
+    assert sent >= 6 * n and refused[429] >= size(4, 8) and refused[500] >= 6, refused
     assert lost == 0 and duplicated == 0 and misordered == 0 and undelivered == 0
