@@ -17,7 +17,7 @@ from tunebot.errors import JobError
 from workers.backends import gguf_cache
 from workers.backends.base import GenParams
 from workers.backends.hf import HFBackend
-from workers.backends.hf_generate import common_prefix_len
+from workers.backends.hf_generate import common_prefix_len, prefill_groups
 from workers.backends.registry import backend_for
 from workers.backends.warm import WarmCache
 
@@ -107,6 +107,39 @@ def test_without_prefix_cache_left_padding_gives_the_same(tiny_model_dir: Path,
     outs = plain.generate(chats(), GenParams(max_new_tokens=12))
     assert [g.extra["prefix_tokens"] for g in outs] == [0] * len(REVIEWS)
     assert [g.text for g in outs] == reference(tiny_model_dir, chats(), 12)
+
+
+def test_prefill_groups_of_similar_length_within_the_token_budget() -> None:
+    lengths = [5, 2, 9, 3, 2, 30]
+    groups = prefill_groups(lengths, 12)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert groups == [[1, 4, 3], [0], [2], [5]]  # shortest first; 30 alone, over budget
+    for g in groups:
+        assert len(g) == 1 or len(g) * max(lengths[i] for i in g) <= 12
+    assert prefill_groups([4] * 8, 1000) == [list(range(8))]
+
+
+@pytest.mark.parametrize("prefix_cache", [True, False])
+def test_groups_prefilled_apart_then_decoded_together_give_the_same(
+        tiny_model_dir: Path, tmp_path: Path, prefix_cache: bool) -> None:
+    b = HFBackend(str(tiny_model_dir), make_settings(tmp_path), device="cpu", batch_size=8,
+                  prefix_cache=prefix_cache, prefill_tokens=24)
+    ids = [b.encode(c) for c in chats()]
+    p_len = common_prefix_len(ids) if prefix_cache else 0
+    assert len(prefill_groups([len(x) - p_len for x in ids], 24)) >= 3
+    forwards: list[tuple[int, int]] = []
+    hook = b.model.register_forward_pre_hook(
+        lambda _m, _a, kw: forwards.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    try:
+        outs = b.generate(chats(), GenParams(max_new_tokens=12))
+    finally:
+        hook.remove()
+    assert [g.text for g in outs] == reference(tiny_model_dir, chats(), 12)
+    assert {g.extra["batch_size"] for g in outs} == {8}
+    # Several prefill forwards, then one forward per new token for all the rows still going.
+    decode = [rows for rows, width in forwards if width == 1]
+    assert len([w for _, w in forwards if w > 1]) >= 3
+    assert len(decode) <= 11 and decode[0] == 8
 
 
 def test_prompts_without_a_shared_prefix(backend: HFBackend, tiny_model_dir: Path) -> None:

@@ -87,6 +87,66 @@ def _pick(logits: torch.Tensor, temperature: float, top_p: float,
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def prefill_groups(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Rows (indices into lengths) split into prefill groups of similar length.
+
+    Rows are taken shortest first; a group closes when padding every row to its longest would
+    pass max_tokens (a group always holds at least one row).
+    """
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if groups and (len(groups[-1]) + 1) * lengths[i] <= max_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _prefill(model: torch.nn.Module, suffixes: list[list[int]], prefix: Prefix | None,
+             pad_id: int) -> tuple[DynamicCache, torch.Tensor]:
+    """One forward over right-aligned suffixes after the prefix: (cache, last-position logits)."""
+    device = model.device
+    b, s = len(suffixes), max(len(x) for x in suffixes)
+    p = len(prefix) if prefix is not None else 0
+    ids = torch.full((b, s), pad_id, dtype=torch.long)
+    attn = torch.zeros((b, p + s), dtype=torch.long)
+    attn[:, :p] = 1
+    pos = torch.full((b, s), p, dtype=torch.long)
+    for i, suf in enumerate(suffixes):
+        n = len(suf)
+        ids[i, s - n:] = torch.tensor(suf)
+        attn[i, p + s - n:] = 1
+        pos[i, s - n:] = torch.arange(p, p + n)
+    cache = _expanded_cache(model, prefix, b)
+    out = model(input_ids=ids.to(device), attention_mask=attn.to(device),
+                position_ids=pos.to(device), cache=cache, use_cache=True, logits_to_keep=1)
+    return cache, out.logits[:, -1, :]
+
+
+def _joined_cache(model: torch.nn.Module, caches: list[DynamicCache], widths: list[int],
+                  p: int) -> DynamicCache:
+    """The groups' caches as one batch: each group's suffix slots right-aligned, the gap zero
+    (masked), so every row keeps the slots and positions it was prefilled with."""
+    s = max(widths)
+    data = []
+    for layer in range(len(caches[0].layers)):
+        joined = []
+        for kind in ("keys", "values"):
+            parts = [getattr(c.layers[layer], kind) for c in caches]
+            first = parts[0]
+            out = first.new_zeros((sum(t.shape[0] for t in parts), first.shape[1], p + s,
+                                   first.shape[3]))
+            row = 0
+            for t, w in zip(parts, widths, strict=True):
+                n = t.shape[0]
+                out[row:row + n, :, :p] = t[:, :, :p]
+                out[row:row + n, :, p + s - w:] = t[:, :, p:]
+                row += n
+            joined.append(out)
+        data.append((joined[0], joined[1]))
+    return DynamicCache(ddp_cache_data=data, config=model.config)
+
+
 @torch.inference_mode()
 def generate_batch(
     model: torch.nn.Module,
@@ -100,28 +160,40 @@ def generate_batch(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     stop_check: StopCheck | None = None,
+    prefill_tokens: int | None = None,
 ) -> list[list[int]]:
-    """Generate for each suffix (after the shared prefix); returns new token ids without EOS."""
+    """Generate for each suffix (after the shared prefix); returns new token ids without EOS.
+
+    With prefill_tokens, the prompts are prefilled in groups of similar length (at most that
+    many padded tokens a forward, so padding and activations stay small) and their caches are
+    then joined, so every new token costs one forward for all rows. Models whose cache is not
+    plain full attention are prefilled in one group.
+    """
     device = model.device
-    b, s = len(suffixes), max(len(x) for x in suffixes)
+    b = len(suffixes)
     p = len(prefix) if prefix is not None else 0
-    ids = torch.full((b, s), pad_id, dtype=torch.long)
+    lengths = [len(x) for x in suffixes]
+    if prefill_tokens and b > 1 and supports_prefix(model):
+        groups = prefill_groups(lengths, prefill_tokens)
+    else:
+        groups = [list(range(b))]
+    if len(groups) == 1:
+        cache, logits = _prefill(model, suffixes, prefix, pad_id)
+        rows = list(range(b))
+    else:
+        parts = [_prefill(model, [suffixes[i] for i in g], prefix, pad_id) for g in groups]
+        widths = [max(lengths[i] for i in g) for g in groups]
+        cache = _joined_cache(model, [c for c, _ in parts], widths, p)
+        logits = torch.cat([lg for _, lg in parts])
+        rows = [i for g in groups for i in g]
+    s = max(lengths)
     attn = torch.zeros((b, p + s), dtype=torch.long)
     attn[:, :p] = 1
-    pos = torch.full((b, s), p, dtype=torch.long)
-    for i, suf in enumerate(suffixes):
-        n = len(suf)
-        ids[i, s - n:] = torch.tensor(suf)
-        attn[i, p + s - n:] = 1
-        pos[i, s - n:] = torch.arange(p, p + n)
-    ids, attn, pos = ids.to(device), attn.to(device), pos.to(device)
-    next_pos = torch.tensor([p + len(x) for x in suffixes], device=device)
+    for j, r in enumerate(rows):
+        attn[j, p + s - lengths[r]:] = 1
+    attn = attn.to(device)
+    next_pos = torch.tensor([p + lengths[r] for r in rows], device=device)
 
-    cache = _expanded_cache(model, prefix, b)
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, cache=cache,
-                use_cache=True, logits_to_keep=1)
-    logits = out.logits[:, -1, :]
-    rows = list(range(b))
     generated: list[list[int]] = [[] for _ in range(b)]
     for _ in range(max_new_tokens):
         tokens = _pick(logits, temperature, top_p, generator)
