@@ -2,16 +2,23 @@
 
     python -m bench.bench_inference [--quick] [--device cpu|cuda] [--out PATH]
 
-Every case of the `sentiment` prompt's eval set, greedy, three ways side by side in one run
-(repeats interleaved, so machine noise hits all alike): plain `model.generate` one case at a
-time; tunebot with length-bucketed batches only; tunebot with batches plus the shared-prefix
-KV cache (the default). Also cold vs warm time-to-first-result.
+Every case of the `sentiment` prompt's eval set, greedy, side by side in one run (repeats
+interleaved, so machine noise hits all alike): plain `model.generate` one case at a time; tunebot
+with length-bucketed batches only; tunebot with batches plus the shared-prefix KV cache (the
+default), given every case in one call; and that default fed as a prompt test feeds it
+(workers/runners/evaluate.CHUNK cases a call). Also cold vs warm time-to-first-result.
+
+Every variant runs with the same torch CPU threads (torch's default, all cores, unless
+--threads). Other processes on the machine slow the one-at-a-time loop's many small
+multi-threaded ops most, so the load average at start and end is recorded with the timings,
+and each variant's process CPU seconds too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -26,7 +33,9 @@ from tunebot.templates import render_messages
 from workers.backends.base import GenParams, Message
 from workers.backends.gguf_cache import converted_dir
 from workers.backends.hf import HFBackend
+from workers.backends.hf_generate import common_prefix_len
 from workers.backends.warm import WarmCache
+from workers.runners.evaluate import CHUNK
 from workers.scoring.choice import predict_choice
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,6 +118,13 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
+def chunked(backend: HFBackend, prompts: list[list[Message]], params: GenParams,
+            size: int) -> list[Any]:
+    """Generations for prompts given to the backend `size` at a time, as a prompt test does."""
+    return [g for i in range(0, len(prompts), size) for g in backend.generate(prompts[i:i + size],
+                                                                                params)]
+
+
 def cold_warm(settings: Settings, prompts: list[list[Message]], params: GenParams,
               device: str, convert: bool) -> dict[str, float]:
     """Time-to-first-result: converting the GGUF, loading the cached conversion, warm."""
@@ -134,16 +150,18 @@ def cold_warm(settings: Settings, prompts: list[list[Message]], params: GenParam
     return out
 
 
-def summary(times: list[float], n: int) -> dict[str, float]:
-    """min/median/max seconds and cases per second at the median."""
+def summary(times: list[float], cpu: list[float], n: int) -> dict[str, float]:
+    """min/median/max seconds, cases per second at the median, median process CPU seconds."""
     med = statistics.median(times)
     return {"min_s": round(min(times), 2), "median_s": round(med, 2),
-            "max_s": round(max(times), 2), "cases_per_s": round(n / med, 2)}
+            "max_s": round(max(times), 2), "cases_per_s": round(n / med, 2),
+            "cpu_median_s": round(statistics.median(cpu), 2)}
 
 
 def run(*, quick: bool, device: str, batch_size: int | None, repeats: int, settings: Settings,
         few_shot: bool = False) -> dict[str, Any]:
     """Run the benchmark and return its results."""
+    load_start = [round(x, 2) for x in os.getloadavg()]
     prompts, expected, content, source = load_cases(32 if quick else None, few_shot)
     max_new = int((content.get("params") or {}).get("max_new_tokens") or 16)
     params = GenParams(max_new_tokens=max_new)
@@ -154,33 +172,40 @@ def run(*, quick: bool, device: str, batch_size: int | None, repeats: int, setti
     if batch_size:
         prefixed.batch_size = batch_size
     plain = HFBackend.from_loaded(prefixed.model, prefixed.tokenizer, name="smollm2",
-                                  batch_size=prefixed.batch_size, prefix_cache=False)
-    runs: dict[str, list[float]] = {"one_at_a_time": [], "batched": [], "batched_prefix": []}
+                                  batch_size=prefixed.batch_size, prefix_cache=False,
+                                  prefill_tokens=prefixed.prefill_tokens)
+    variants: dict[str, Callable[[], list[str]]] = {
+        "one_at_a_time": lambda: one_at_a_time(prefixed, prompts, max_new),
+        "batched": lambda: [g.text for g in plain.generate(prompts, params)],
+        "batched_prefix": lambda: [g.text for g in prefixed.generate(prompts, params)],
+        "prompt_test_chunks": lambda: [g.text for g in chunked(prefixed, prompts, params, CHUNK)],
+    }
+    runs: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     texts: dict[str, list[str]] = {}
     for _ in range(repeats):
-        texts["one_at_a_time"], s = timed(lambda: one_at_a_time(prefixed, prompts, max_new))
-        runs["one_at_a_time"].append(s)
-        gens, s = timed(lambda: plain.generate(prompts, params))
-        texts["batched"] = [g.text for g in gens]
-        runs["batched"].append(s)
-        gens, s = timed(lambda: prefixed.generate(prompts, params))
-        texts["batched_prefix"] = [g.text for g in gens]
-        runs["batched_prefix"].append(s)
+        for name, fn in variants.items():
+            c0 = time.process_time()
+            texts[name], s = timed(fn)
+            cpu[name].append(time.process_time() - c0)
+            runs[name].append(s)
 
     n, base = len(prompts), texts["one_at_a_time"]
     choices = list((content.get("output") or {}).get("choices") or [])
     result: dict[str, Any] = {
         "device": str(prefixed.model.device), "torch_threads": torch.get_num_threads(),
         "cases": n, "max_new_tokens": max_new, "batch_size": prefixed.batch_size,
+        "prefill_tokens": prefixed.prefill_tokens, "prompt_test_chunk": CHUNK,
         "repeats": repeats, "prompt": source,
+        "load_average_start": load_start,
         "prompt_tokens_mean": round(statistics.mean(len(prefixed.encode(p)) for p in prompts), 1),
-        "shared_prefix_tokens": gens[0].extra["prefix_tokens"],
+        "shared_prefix_tokens": common_prefix_len([prefixed.encode(p) for p in prompts]),
         "cold_warm": coldwarm, "variants": {},
     }
     base_med = statistics.median(runs["one_at_a_time"])
     for name, times in runs.items():
         result["variants"][name] = {
-            **summary(times, n),
+            **summary(times, cpu[name], n),
             "speedup_vs_one_at_a_time": round(base_med / statistics.median(times), 2),
             "identical_to_one_at_a_time": sum(a == b for a, b in zip(texts[name], base,
                                                                       strict=True)),
@@ -189,6 +214,7 @@ def run(*, quick: bool, device: str, batch_size: int | None, repeats: int, setti
     result["differing_examples"] = [
         {"one_at_a_time": a, "batched_prefix": b}
         for a, b in zip(base, texts["batched_prefix"], strict=True) if a != b][:5]
+    result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
 
@@ -196,12 +222,13 @@ def print_table(r: dict[str, Any]) -> None:
     """A readable table of the results."""
     print(f"SmolLM2-135M on {r['device']} ({r['torch_threads']} threads) · {r['cases']} cases · "
           f"max_new_tokens={r['max_new_tokens']} · batch {r['batch_size']} · "
-          f"prompt {r['prompt_tokens_mean']} tokens, {r['shared_prefix_tokens']} shared")
-    print(f"{'variant':<16}{'min s':>8}{'median s':>10}{'max s':>8}{'cases/s':>9}"
+          f"prompt {r['prompt_tokens_mean']} tokens, {r['shared_prefix_tokens']} shared · "
+          f"load {r['load_average_start'][0]} → {r['load_average_end'][0]}")
+    print(f"{'variant':<20}{'min s':>8}{'median s':>10}{'max s':>8}{'cpu s':>8}{'cases/s':>9}"
           f"{'speedup':>9}{'identical':>11}{'accuracy':>10}")
     for name, v in r["variants"].items():
-        print(f"{name:<16}{v['min_s']:>8}{v['median_s']:>10}{v['max_s']:>8}"
-              f"{v['cases_per_s']:>9}{v['speedup_vs_one_at_a_time']:>8}×"
+        print(f"{name:<20}{v['min_s']:>8}{v['median_s']:>10}{v['max_s']:>8}"
+              f"{v['cpu_median_s']:>8}{v['cases_per_s']:>9}{v['speedup_vs_one_at_a_time']:>8}×"
               f"{v['identical_to_one_at_a_time']:>7}/{r['cases']:<3}{v['accuracy']:>10.1%}")
     print("time to first result: " + ", ".join(f"{k}={v}" for k, v in r["cold_warm"].items()))
 
