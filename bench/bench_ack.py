@@ -286,6 +286,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 c: {side: [] for side in urls} for c in levels}
             for rep in range(args.repeats):
                 for c in levels:
+                    if c != headline and rep >= args.scaling_repeats:
+                        continue
                     order = list(urls) if rep % 2 == 0 else list(urls)[::-1]
                     for side in order:
                         if side != "baseline":
@@ -307,6 +309,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             and head["tunebot"]["errors_total"] == 0)
     return {"setup": {"commands": args.n, "users": USERS, "concurrency": headline,
                       "scaling_commands": args.n_scaling, "repeats": args.repeats,
+                      "scaling_repeats": args.scaling_repeats,
                       "busy_processes": args.busy, "database": "postgresql (fresh, migrated)",
                       "broker": "redis", "quota": 100000,
                       "tunebot": "tunebot bot --http (uvicorn, Bolt sync dispatch in thread pool)",
@@ -435,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         serve_tunebot_variant(args.port, args.serve_tunebot_variant)
         return 0
     args.n = args.n or (100 if args.quick else 500)
-    args.n_scaling = args.n_scaling or (100 if args.quick else 300)
+    args.n_scaling = args.n_scaling or (60 if args.quick else 300)
+    args.scaling_repeats = 1 if args.quick else args.repeats
     args.concurrency = args.concurrency or (20 if args.quick else 50)
     if args.profile is None:
         args.profile = 50 if args.quick else 200

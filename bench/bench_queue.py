@@ -293,10 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_bare:
         serve_bare(args.serve_bare, args.record)
         return 0
-    args.n = args.n or (12 if args.quick else 30)
+    args.n = args.n or (6 if args.quick else 30)
     # The SQL transport delivers about one message per 0.2 s poll, so its bursts are smaller.
     args.burst = ({"redis": args.burst, "sqlite": args.burst} if args.burst else
-                  {"redis": 30, "sqlite": 12} if args.quick else {"redis": 100, "sqlite": 40})
+                  {"redis": 20, "sqlite": 6} if args.quick else {"redis": 100, "sqlite": 40})
     result: dict[str, Any] = {**host(), "device": args.device, "quick": args.quick,
                               "load_average_before": load_average(),
                               "setup": {"latency_jobs": args.n, "burst_jobs": args.burst,

@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="OMP_NUM_THREADS per worker (0: torch's default, all cores each)")
     args = ap.parse_args(argv)
-    args.jobs = args.jobs or (6 if args.quick else 12)
+    args.jobs = args.jobs or (4 if args.quick else 16)
     result = {**host(), "device": args.device, "quick": args.quick,
               "load_average_before": load_average(), **run(args),
               "load_average_after": load_average()}

@@ -28,6 +28,8 @@ BENCHES = {
 # Extra arguments per benchmark: the fine-tune comparison is one run (the budget: the
 # whole of `make bench` in under 25 minutes on 2 cores), each of its variants timed once.
 EXTRA = {"finetune": ["--rounds", "1"]}
+# --quick (under 5 minutes in all): one repeat of the slowest model measures.
+EXTRA_QUICK = {"inference": ["--repeats", "1"]}
 
 
 def machine() -> dict[str, object]:
@@ -58,15 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         print(table(json.loads(args.table.read_text())))
         return 0
-    results: dict[str, object] = {"machine": machine(), "quick": args.quick,
+    from bench.common import commit
+
+    results: dict[str, object] = {"machine": machine(), "quick": args.quick, "commit": commit(),
                                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    results["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
     failed = 0
     for name in args.only or list(BENCHES):
         out = HERE / f"results-{name}.json"
         cmd = [sys.executable, "-m", BENCHES[name], "--device", args.device, "--out", str(out),
                *EXTRA.get(name, [])]
         if args.quick:
-            cmd.append("--quick")
+            cmd += ["--quick", *EXTRA_QUICK.get(name, [])]
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
         started = time.monotonic()
         proc = subprocess.run(cmd, cwd=HERE.parent)
