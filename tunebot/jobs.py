@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
@@ -96,13 +97,16 @@ def submit(
     active_key: str | None = None,
     max_attempts: int = 5,
     max_active_per_user: int | None = None,
+    announce: Callable[[Job], Reply] | None = None,
 ) -> Submitted:
-    """Commit a job row (deduplicated by its keys), then wake a worker for it."""
+    """Commit a job row (deduplicated by its keys), then wake a worker for it.
+
+    `announce` builds the job's first thread event (its "queued" status), written in the same
+    transaction. The keys are enforced by UNIQUE indexes: the insert is tried first and a
+    repeated request is answered from the row that beat it (one transaction on the fast path).
+    """
     if kind not in KIND_QUEUE:
         raise ValueError(f"unknown job kind {kind!r}")
-    existing = _find_existing(engine, idempotency_key, active_key)
-    if existing is not None:
-        return Submitted(existing, False)
     job = Job(
         team_id=team_id, kind=kind, queue=KIND_QUEUE[kind], requested_by=requested_by,
         params=params, title=title[:512], channel=channel, thread_ts=thread_ts,
@@ -129,14 +133,19 @@ def submit(
             session.flush()
             job.sends = 1
             job.last_sent_at = utcnow()
-    except IntegrityError:
-        # A concurrent request with the same key won the race: answer with its job.
+            if announce is not None:
+                _add_event(session, job, announce(job), "status")
+    except (IntegrityError, QuotaExceeded):
+        # The same request again (or a concurrent twin that won the race): answer with its
+        # job — even when the user is now at the quota.
         existing = _find_existing(engine, idempotency_key, active_key)
         if existing is None:
             raise
         return Submitted(existing, False)
     if waker is not None:
         _wake(waker, job)
+        if announce is not None and job.channel:
+            _notify(waker, job.id)  # type: ignore[arg-type]
     return Submitted(job, True)
 
 

@@ -121,19 +121,19 @@ def _load_handlers() -> None:
 def submit_job(cmd: Command | None, actor: Actor, app: App, *, kind: str, params: dict[str, Any],
                title: str) -> Outcome:
     """Create (or find, for a repeated request) the job a command stands for."""
+    def announce(job: Job) -> Reply:
+        line = f"{title} · #{job.id} · queued"
+        return Reply(text=line, status=line)
+
     sub = jobs.submit(
         engine=app.engine, waker=app.waker, team_id=actor.team_id, kind=kind,
         requested_by=actor.user_id, params=params, title=title, channel=actor.channel,
         thread_ts=actor.thread_ts, response_url=actor.response_url,
         idempotency_key=actor.idempotency_key, active_key=actor.active_key,
         max_attempts=app.settings.max_attempts,
-        max_active_per_user=app.settings.max_jobs_per_user,
+        max_active_per_user=app.settings.max_jobs_per_user, announce=announce,
     )
     job = sub.job
-    if sub.created:
-        jobs.emit(app.engine, job.id, Reply(text=f"{title} · #{job.id} · queued",  # type: ignore[arg-type]
-                                            status=f"{title} · #{job.id} · queued"),
-                  app.waker, kind="status")
     verb = "Queued" if sub.created else "Already have"
     text = f"{verb} {title} as job #{job.id} ({job.status})."
     return Outcome(Reply(text=text, blocks=[section(text)], ephemeral=True), job, sub.created)

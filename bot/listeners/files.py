@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from slack_bolt import App as BoltApp
@@ -19,6 +20,14 @@ from tunebot.replies import Reply, error
 from tunebot.service import App, execute
 
 log = logging.getLogger(__name__)
+UPLOADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dataset-upload")
+
+
+def _logged(fn: Any) -> None:
+    try:
+        fn()
+    except Exception:
+        log.exception("dataset upload failed")
 
 
 def register(app: BoltApp, core: App) -> None:
@@ -39,10 +48,15 @@ def register(app: BoltApp, core: App) -> None:
         if name is None:
             return  # an ordinary file share, not for tunebot
         thread = event.get("thread_ts") or event["ts"]
-        reply = ingest(client, core, event.get("files") or [], team=team, user=user,
-                       channel=channel, name=name)
-        client.chat_postMessage(channel=channel, thread_ts=thread, text=fallback_text(reply),
-                                blocks=reply_blocks(reply), unfurl_links=False)
+
+        def work() -> None:
+            reply = ingest(client, core, event.get("files") or [], team=team, user=user,
+                           channel=channel, name=name)
+            client.chat_postMessage(channel=channel, thread_ts=thread, text=fallback_text(reply),
+                                    blocks=reply_blocks(reply), unfurl_links=False)
+
+        # A 50 MB download must not hold the event's ack (Slack would redeliver it).
+        UPLOADS.submit(_logged, work)
 
     @app.event("message")
     def on_message(event: dict[str, Any]) -> None:
