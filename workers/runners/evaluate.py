@@ -17,7 +17,7 @@ from workers.context import JobContext
 from workers.scoring import ScoreContext, ScorerError, case_passed, default_scorers, score_case
 from workers.scoring.base import Score
 
-CHUNK = 16  # cases per generate call: big enough to batch well, small enough to report progress
+CHUNK = 32  # cases per generate call: big enough to batch well, small enough to report progress
 
 
 @dataclass
