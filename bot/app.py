@@ -53,8 +53,13 @@ def http_app(bolt: BoltApp) -> Starlette:
     queues in order rather than forty threads contending for the GIL and the database."""
 
     limiter = anyio.CapacityLimiter(DISPATCH_THREADS)
+    verifying = bool(getattr(bolt, "_signing_secret", None))
 
     async def events(request: Request) -> Response:
+        stamp = request.headers.get("x-slack-request-timestamp", "")
+        if verifying and not stamp.isdigit():
+            # Bolt's verifier would raise on int("soon"): a bad stamp is a bad signature.
+            return PlainTextResponse("invalid request", status_code=401)
         body = await request.body()
         bolt_req = to_bolt_request(request, body)
         bolt_resp = await anyio.to_thread.run_sync(bolt.dispatch, bolt_req, limiter=limiter)

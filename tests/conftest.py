@@ -132,6 +132,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "TUNEBOT_MAX_ATTEMPTS": str(settings.max_attempts),
         "TUNEBOT_CLI_TEAM": settings.cli_team,
         "TUNEBOT_CLI_USER": settings.cli_user,
+        "TUNEBOT_SLACK_POSTS_PER_SECOND": str(settings.slack_posts_per_second),
+        "TUNEBOT_WORKER_CONCURRENCY": str(settings.worker_concurrency),
+        "TUNEBOT_MAX_JOBS_PER_USER": str(settings.max_jobs_per_user),
+        "TUNEBOT_ADMINS": ",".join(settings.admins),
+        "TUNEBOT_FINETUNE_ALLOWED": ",".join(settings.finetune_allowed),
+        "TUNEBOT_SLACK_FILE_HOSTS": ",".join(settings.slack_file_hosts),
         "TUNEBOT_LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
     })

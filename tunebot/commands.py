@@ -254,6 +254,8 @@ def _capture(part: str, tok: str, usage: str) -> Any:
     if part in ("REF", "REF2"):
         return parse_ref(tok, usage)
     if part in ("NAME", "DATASET"):
+        if part == "NAME" and usage.startswith("/model ") and tok.startswith("ft:"):
+            tok = tok[3:]  # /model show ft:NAME names the model as everywhere else
         return parse_name(tok, usage, "dataset name" if part == "DATASET" else "name")
     if part == "LABEL":
         if not LABEL_RE.match(tok):

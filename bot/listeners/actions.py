@@ -10,9 +10,9 @@ from slack_bolt import App as BoltApp
 from slack_sdk import WebClient
 
 from bot.blocks import fallback_text
-from bot.listeners.common import GROUPS, UNAVAILABLE, actor_for, log
+from bot.listeners.common import GROUPS, actor_for, failure_reply
 from tunebot.actions import CANCEL, COMPARE_PRODUCTION, PROMOTE, RERUN, run_action
-from tunebot.replies import Reply, error
+from tunebot.replies import Reply
 from tunebot.service import App
 
 JOB_BUTTONS = re.compile(f"^({RERUN}|{CANCEL}|{PROMOTE}|{COMPARE_PRODUCTION})$")
@@ -44,9 +44,8 @@ def register(app: BoltApp, core: App) -> None:
         try:
             outcome = run_action(action_id, action.get("value", ""), actor, core)
             reply = outcome.reply
-        except Exception as exc:  # the database or broker is down: answer, never crash
-            log.warning("button failed: %s: %s", exc.__class__.__name__, str(exc)[:200])
-            reply = error(UNAVAILABLE)
+        except Exception as exc:  # answer, never crash
+            reply = failure_reply(exc, "button")
         _tell(client, channel, user, reply)
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 from slack_sdk import WebClient
+from sqlalchemy.exc import DBAPIError
 
 from bot.usergroups import UsergroupCache
 from tunebot.commands import Command
@@ -41,9 +44,22 @@ def run(cmd: Command, actor: Actor, core: App, client: WebClient | None = None) 
             client, actor.team_id, actor.user_id, allowed))
     try:
         return execute(cmd, actor, core)
-    except Exception as exc:  # the database or broker is down: answer, never crash
-        log.warning("command failed: %s: %s", exc.__class__.__name__, str(exc)[:200])
-        return Outcome(error(UNAVAILABLE))
+    except Exception as exc:
+        return Outcome(failure_reply(exc, "command"))
+
+
+OUTAGES: tuple[type[BaseException], ...] = (DBAPIError, OSError, KombuOperationalError,
+                                            RedisError, TimeoutError)
+
+
+def failure_reply(exc: BaseException, what: str) -> Reply:
+    """An outage (database, broker) says "temporarily unavailable"; a bug says so, logged."""
+    if isinstance(exc, OUTAGES):
+        log.warning("%s failed: %s: %s", what, exc.__class__.__name__, str(exc)[:200])
+        return error(UNAVAILABLE)
+    log.exception("%s failed", what)
+    return error(f"tunebot hit an internal error ({exc.__class__.__name__}) and logged it; "
+                 "nothing was started. Please tell your tunebot admin.")
 
 
 def job_reply(outcome: Outcome) -> Reply:

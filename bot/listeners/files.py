@@ -13,7 +13,7 @@ from slack_sdk import WebClient
 
 from bot.blocks import fallback_text, reply_blocks
 from bot.files import download, requested_name, staging_dir, take_pending
-from bot.listeners.common import UNAVAILABLE, actor_for
+from bot.listeners.common import actor_for, failure_reply
 from tunebot.commands import parse
 from tunebot.errors import UserError
 from tunebot.replies import Reply, error
@@ -80,8 +80,7 @@ def ingest(client: WebClient, core: App, files: list[dict[str, Any]], *, team: s
         return execute(parse(f"/dataset add {name}"), actor, core, path).reply
     except UserError as exc:
         return error(str(exc), exc.usage)
-    except Exception as exc:  # database away, network: answer, never crash
-        log.warning("dataset upload failed: %s: %s", exc.__class__.__name__, str(exc)[:200])
-        return error(UNAVAILABLE)
+    except Exception as exc:  # database away, network, a bug: answer, never crash
+        return failure_reply(exc, "dataset upload")
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -40,7 +40,7 @@ def register(app: BoltApp, core: App) -> None:
         team = body.get("team_id") or event.get("team", "")
         retried = _retry_num(request) > 0
         try:
-            cmd = parse(text)
+            cmd = parse(text, family="tunebot")  # `@tunebot ping` and `@tunebot prompt list`
         except UserError as exc:
             if not retried:
                 reply = error(str(exc), exc.usage)

@@ -10,7 +10,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -255,34 +254,3 @@ def private_pg_url(private_pg: PrivatePostgres) -> Iterator[str]:
     if not private_pg.running():
         private_pg.start()
     private_pg.drop_database(url)
-
-
-# ---- workers with every setting a test changed ---------------------------------------------
-
-
-@pytest.fixture
-def start_tuned_worker(tmp_path: Path) -> Iterator:
-    """Like start_worker, but the child also gets the notifier's pace and the concurrency
-    (tests/conftest.py's settings_env leaves those at their defaults)."""
-    from tests.conftest import REPO as ROOT
-    from tests.conftest import WorkerProcess, settings_env
-
-    started: list[WorkerProcess] = []
-
-    def start(settings, queues: str = "inference,gpu,io") -> WorkerProcess:  # type: ignore[no-untyped-def]
-        w = WorkerProcess.__new__(WorkerProcess)
-        w.log_path = tmp_path / f"tuned-worker-{len(started)}.log"
-        w._log = open(w.log_path, "ab")  # noqa: SIM115
-        env = settings_env(settings)
-        env["TUNEBOT_SLACK_POSTS_PER_SECOND"] = str(settings.slack_posts_per_second)
-        env["TUNEBOT_WORKER_CONCURRENCY"] = str(settings.worker_concurrency)
-        w.proc = subprocess.Popen(
-            [sys.executable, "-m", "tunebot.cli", "worker", "--queues", queues],
-            env=env, stdout=w._log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-        started.append(w)
-        w.wait_ready()
-        return w
-
-    yield start
-    for w in started:
-        w.stop()

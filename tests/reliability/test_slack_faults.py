@@ -23,12 +23,12 @@ def _undelivered(engine) -> int:  # type: ignore[no-untyped-def]
 
 
 def test_every_thread_message_once_in_order_after_slack_faults(
-        tmp_path: Path, private_pg_url: str, fresh_redis, start_tuned_worker,
+        tmp_path: Path, private_pg_url: str, fresh_redis, start_worker,
         report: Report) -> None:
     n = size(4, 20)
     channels = [f"C0FAULT{k}" for k in range(2)]
     with running_stack(tmp_path, database_url=private_pg_url, broker_url=fresh_redis.url + "/0",
-                       start_worker=start_tuned_worker, slack_posts_per_second=20.0,
+                       start_worker=start_worker, slack_posts_per_second=20.0,
                        worker_concurrency=2) as stack:
         slack = stack.slack
         slack.fail_next(size(4, 8), status=429, methods=METHODS, retry_after=1)
