@@ -310,7 +310,7 @@ def _cpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="1 epoch (8 steps), 2 rounds")
+    ap.add_argument("--quick", action="store_true", help="1 epoch (8 steps), 1 round")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.variant_spec:
         print(json.dumps(run_variant(json.loads(args.variant_spec.read_text()))))
         return 0
-    rounds = args.rounds or (2 if args.quick else 3)
+    rounds = args.rounds or (1 if args.quick else 3)
     report = bench(quick=args.quick, device=args.device, threads=args.threads, rounds=rounds,
                    variants=tuple(args.variants.split(",")))
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=None, help="default 3 (1 with --quick)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--few-shot", action="store_true",
                     help="use the built-in few-shot prompt instead of sentiment's production one")
@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run(quick=args.quick, device=args.device, batch_size=args.batch_size,
-                 repeats=args.repeats, settings=Settings(), few_shot=args.few_shot)
+                 repeats=args.repeats or (1 if args.quick else 3), settings=Settings(),
+                 few_shot=args.few_shot)
     print_table(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
