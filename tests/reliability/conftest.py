@@ -254,3 +254,14 @@ def private_pg_url(private_pg: PrivatePostgres) -> Iterator[str]:
     if not private_pg.running():
         private_pg.start()
     private_pg.drop_database(url)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Outside `make reliability`, full-size-only tests are deselected (never reported as
+    skipped-but-green)."""
+    if FULL:
+        return
+    dropped = [i for i in items if i.get_closest_marker("full_only") is not None]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [i for i in items if i.get_closest_marker("full_only") is None]

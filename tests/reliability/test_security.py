@@ -96,7 +96,7 @@ def test_forged_missing_and_stale_signatures_are_rejected(
             ran = jobs.get(stack.core.engine, 1).status
             faults = len(stack.slack.rejected)
             worker_log = "".join(p.read_text(errors="replace")
-                                 for p in tmp_path.glob("tuned-worker-*.log"))
+                                 for p in tmp_path.glob("worker-*.log"))
         finally:
             logging.getLogger().removeFilter(filt)
             for h in logging.getLogger().handlers:
