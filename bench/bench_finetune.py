@@ -40,6 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path(__file__).resolve().parent / "results-finetune.json"
 VARIANTS = ("naive", "trl", "trl-nogc", "tunebot")
+QUICK_VARIANTS = ("naive", "trl", "tunebot")  # bench-quick: the strong baseline, one way
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
 
 
@@ -315,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--rounds", type=int, default=None)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=None,
+                    help=f"default {','.join(VARIANTS)} ({','.join(QUICK_VARIANTS)} with --quick)")
     ap.add_argument("--variant-spec", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.variant_spec:
@@ -323,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rounds = args.rounds or (1 if args.quick else 3)
     report = bench(quick=args.quick, device=args.device, threads=args.threads, rounds=rounds,
-                   variants=tuple(args.variants.split(",")))
+                   variants=tuple((args.variants or ",".join(
+                       QUICK_VARIANTS if args.quick else VARIANTS)).split(",")))
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\n{'variant':10s} {'ex/s':>7s} {'sup tok/s':>10s} {'peak MiB':>9s} {'held-out':>9s}")
     for v, s in report["results"].items():
