@@ -36,22 +36,11 @@ from bench.common import (
 )
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results-scaling.json"
-CONTENT = {
-    "messages": [
-        {"role": "system", "content": "Classify the colour as warm or cool. Answer one word."},
-        {"role": "user", "content": "colour: {{ colour }}"},
-    ],
-    "variables": {"colour": "a colour name"},
-    "params": {"temperature": 0.0, "max_new_tokens": 4},
-    "output": {"format": "choice", "choices": ["warm", "cool"]},
-}
-ROWS = [{"colour": c, "expected": w} for c, w in
-        [("red", "warm"), ("orange", "warm"), ("yellow", "warm"), ("blue", "cool"),
-         ("green", "cool"), ("purple", "cool"), ("pink", "warm"), ("teal", "cool")] * 3]
 
 
 def seed(core: Any, settings: Any, tmp: Path) -> None:
-    """The prompt and the eval set the jobs test."""
+    """The prompt and the eval set the jobs test (the tests' colours world)."""
+    from tests.workers.test_prompt_test_e2e import CONTENT, ROWS
     from tunebot import catalog, datasets
     from tunebot.db import session_scope
 

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 from bot.blocks import fallback_text, images, reply_blocks
 from bot.home import refresh_home_quietly
 from bot.oauth import bot_token_for
+from tunebot import jobs
 from tunebot.actions import buttons_for, cancel_button
 from tunebot.db import session_scope
 from tunebot.models import Job, JobEvent, utcnow
@@ -94,12 +95,6 @@ def _release(engine: Engine, job_id: int, owner: str) -> None:
                         .values(notify_owner=None, notify_until=None))
 
 
-def session_get_job(engine: Engine, job_id: int) -> Job | None:
-    """The job row, or None."""
-    with session_scope(engine) as session:
-        return session.get(Job, job_id)
-
-
 def deliver_pending(settings: Settings, engine: Engine, job_id: int,
                     client: WebClient | None = None) -> int:
     """Deliver the job's undelivered events in order; returns how many were delivered.
@@ -108,7 +103,7 @@ def deliver_pending(settings: Settings, engine: Engine, job_id: int,
     what was not delivered stays in SQL.
     """
     if client is None:
-        job = session_get_job(engine, job_id)
+        job = jobs.get(engine, job_id)
         token = bot_token_for(settings, engine, job.team_id) if job is not None else None
         if token is None:
             log.info("no bot token for job %s's workspace: its events stay in SQL", job_id)

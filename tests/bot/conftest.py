@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 import uvicorn
+from starlette.applications import Starlette
 
 from bot.app import build_bolt, http_app
 from tests.conftest import make_settings
@@ -42,25 +43,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class BotServer:
-    """The HTTP bot served by uvicorn in a thread, as `tunebot bot --http` serves it."""
+class Served:
+    """A Starlette app served by uvicorn in a thread, as `tunebot bot --http` serves it."""
 
-    def __init__(self, settings: Settings, core: App) -> None:
+    def __init__(self, app: Starlette) -> None:
         self.port = free_port()
-        config = uvicorn.Config(http_app(build_bolt(settings, core)), host="127.0.0.1",
-                                port=self.port, log_level="warning", access_log=False)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                access_log=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 15
         while not self.server.started:
-            assert time.monotonic() < deadline, "bot did not start"
+            assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}/slack/events"
+        self.base_url = f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class BotServer(Served):
+    """The HTTP bot; `url` is its /slack/events."""
+
+    def __init__(self, settings: Settings, core: App) -> None:
+        super().__init__(http_app(build_bolt(settings, core)))
+        self.url = f"{self.base_url}/slack/events"
 
 
 @dataclass
@@ -85,7 +94,8 @@ class Stack:
 @contextmanager
 def running_stack(tmp_path: Path, start_worker, redis_url: str, *, queues: str = "inference,gpu,io",
                   **over: object) -> Iterator[Stack]:
-    """Local Slack API + migrated database + real worker + the HTTP bot, with settings `over`."""
+    """Local Slack API + migrated database + real worker (none when start_worker is None) +
+    the HTTP bot, with settings `over`."""
     with SlackAPIServer(bot_token=BOT_TOKEN, app_token="xapp-test",
                         signing_secret=SECRET) as slack:
         base: dict[str, object] = {
@@ -95,13 +105,15 @@ def running_stack(tmp_path: Path, start_worker, redis_url: str, *, queues: str =
         base.update(over)
         settings = make_settings(tmp_path, **base)
         migrate.upgrade(settings.database_url)
-        start_worker(settings, queues)
+        if start_worker is not None:
+            start_worker(settings, queues)
         core = app_for(settings)
         bot = BotServer(settings, core)
         try:
             yield Stack(slack, settings, core, bot)
         finally:
             bot.stop()
+            core.engine.dispose()
 
 
 @pytest.fixture

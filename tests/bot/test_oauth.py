@@ -3,7 +3,6 @@ tokens encrypted at rest, requests authorized per workspace, refused states, rev
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,7 +11,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
 from slack_bolt import App as BoltApp
@@ -30,7 +28,7 @@ from bot.oauth import (
     oauth_settings,
     register_revocation,
 )
-from tests.bot.conftest import free_port
+from tests.bot.conftest import Served
 from tests.conftest import make_settings
 from tests.slack_api.payloads import app_mention_event, event_body, signed_headers
 from tests.slack_api.server import SlackAPIServer
@@ -43,26 +41,6 @@ SECRET = "oauth-signing-secret"
 KEY = Fernet.generate_key().decode()
 TOKEN = "xoxb-T0OTHER-4242424242-plaintextbottoken"
 COOKIE = "slack-app-oauth-state"
-
-
-class Server:
-    """A Starlette app served by uvicorn in a thread, as `tunebot bot --http` serves it."""
-
-    def __init__(self, app: Starlette) -> None:
-        port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                                    log_level="warning", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @dataclass
@@ -126,9 +104,9 @@ def oauth(db_url: str, tmp_path: Path) -> Iterator[OAuthStack]:
             stack_mentions.append(context.team_id)
             say(text="hello", thread_ts=event["ts"])
 
-        server = Server(Starlette(routes=[*http_app(bolt).routes, *oauth_routes(bolt)]))
+        server = Served(Starlette(routes=[*http_app(bolt).routes, *oauth_routes(bolt)]))
         try:
-            yield OAuthStack(slack, settings, engine, server.url, stack_mentions)
+            yield OAuthStack(slack, settings, engine, server.base_url, stack_mentions)
         finally:
             server.stop()
             engine.dispose()

@@ -2,46 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from tests.bot.conftest import BOT_TOKEN, SECRET, BotServer, Stack
-from tests.conftest import make_settings
-from tests.slack_api.server import SlackAPIServer
+from tests.bot.conftest import Stack
+from tests.bot.conftest import running_stack as bot_stack
 from tunebot import jobs
-from tunebot.cli import app_for
 from tunebot.models import Job, JobEvent
 from tunebot.replies import Reply
 
 
-@contextmanager
 def running_stack(tmp_path: Path, *, database_url: str, broker_url: str,
                   start_worker: Callable[..., Any] | None = None,
-                  queues: str = "inference,gpu,io", **over: Any) -> Iterator[Stack]:
-    """Slack API server + bot over HTTP (+ a worker when start_worker is given)."""
-    with SlackAPIServer(bot_token=BOT_TOKEN, app_token="xapp-test",
-                        signing_secret=SECRET) as slack:
-        base: dict[str, Any] = {
-            "database_url": database_url, "broker_url": broker_url,
-            "slack_api_url": slack.api_url, "slack_bot_token": BOT_TOKEN,
-            "slack_signing_secret": SECRET, "slack_posts_per_second": 50.0,
-            "max_jobs_per_user": 100_000, "admins": ["U0ADMIN"]}
-        base.update(over)
-        settings = make_settings(tmp_path, **base)
-        if start_worker is not None:
-            start_worker(settings, queues)
-        core = app_for(settings)
-        bot = BotServer(settings, core)
-        try:
-            yield Stack(slack, settings, core, bot)
-        finally:
-            bot.stop()
-            core.engine.dispose()
+                  queues: str = "inference,gpu,io", **over: Any) -> ContextManager[Stack]:
+    """The bot tests' stack on the private services: fast notifier, quota out of the way."""
+    settings = {"database_url": database_url, "slack_posts_per_second": 50.0,
+                "max_jobs_per_user": 100_000, **over}
+    return bot_stack(tmp_path, start_worker, broker_url, queues=queues, **settings)
 
 
 def job_count(engine) -> int:  # type: ignore[no-untyped-def]
