@@ -3,10 +3,12 @@
     python -m bench.bench_inference [--quick] [--device cpu|cuda] [--out PATH]
 
 Every case of the `sentiment` prompt's eval set, greedy, side by side in one run (repeats
-interleaved, so machine noise hits all alike): plain `model.generate` one case at a time; tunebot
-with length-bucketed batches only; tunebot with batches plus the shared-prefix KV cache (the
-default), given every case in one call; and that default fed as a prompt test feeds it
-(workers/runners/evaluate.CHUNK cases a call). Also cold vs warm time-to-first-result.
+interleaved, so machine noise hits all alike): plain `model.generate` one case at a time with
+PyTorch's own kernels (the baseline); tunebot with length-bucketed batches only; tunebot as a
+prompt test runs it (the default: batches plus the shared-prefix KV cache, every case in one
+call, progress told per batch); and that default with PyTorch's own linear kernels instead of
+oneDNN (workers/backends/cpu_linear.py), so the kernel's share of the speedup shows apart from
+the batching's. Also cold vs warm time-to-first-result.
 
 Every variant runs with the same torch CPU threads (torch's default, all cores, unless
 --threads). Other processes on the machine slow the one-at-a-time loop's many small
@@ -22,7 +24,8 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +33,12 @@ import torch
 
 from tunebot.settings import Settings
 from tunebot.templates import render_messages
-from workers.backends.base import GenParams, Message
+from workers.backends import cpu_linear
+from workers.backends.base import Generation, GenParams, Message
 from workers.backends.gguf_cache import converted_dir
 from workers.backends.hf import HFBackend
 from workers.backends.hf_generate import common_prefix_len
 from workers.backends.warm import WarmCache
-from workers.runners.evaluate import CHUNK
 from workers.scoring.choice import predict_choice
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,11 +92,22 @@ def load_cases(limit: int | None, few_shot: bool = False) -> tuple[
     return prompts, [str(r["expected"]) for r in rows], content, source
 
 
+@contextmanager
+def pytorch_kernels(backend: HFBackend) -> Iterator[None]:
+    """The backend's model on PyTorch's own linear kernels for a while (as a plain script has)."""
+    cpu_linear.restore(backend.model)
+    try:
+        yield
+    finally:
+        if backend.onednn_layers:
+            cpu_linear.use_onednn(backend.model)
+
+
 def one_at_a_time(backend: HFBackend, prompts: list[list[Message]], n: int) -> list[str]:
     """The baseline: what a plain script does, model.generate per case."""
     tok, model = backend.tokenizer, backend.model
     texts = []
-    with torch.inference_mode():
+    with torch.inference_mode(), pytorch_kernels(backend):
         for p in prompts:
             enc = tok.apply_chat_template(p, add_generation_prompt=True, return_tensors="pt",
                                           return_dict=True).to(model.device)
@@ -118,11 +132,24 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def chunked(backend: HFBackend, prompts: list[list[Message]], params: GenParams,
-            size: int) -> list[Any]:
-    """Generations for prompts given to the backend `size` at a time, as a prompt test does."""
-    return [g for i in range(0, len(prompts), size) for g in backend.generate(prompts[i:i + size],
-                                                                                params)]
+def as_prompt_test(backend: HFBackend, prompts: list[list[Message]],
+                   params: GenParams) -> list[str]:
+    """Every case in one call, each batch handed back as it finishes (evaluate.evaluate's feed)."""
+    seen: list[int] = []
+
+    def on_batch(idx: list[int], gens: list[Generation]) -> None:
+        seen.extend(idx)
+
+    texts = [g.text for g in backend.generate(prompts, params, on_batch=on_batch)]
+    assert sorted(seen) == list(range(len(prompts)))
+    return texts
+
+
+def mkl_prompt_test(backend: HFBackend, prompts: list[list[Message]],
+                    params: GenParams) -> list[str]:
+    """as_prompt_test on PyTorch's own linear kernels."""
+    with pytorch_kernels(backend):
+        return as_prompt_test(backend, prompts, params)
 
 
 def cold_warm(settings: Settings, prompts: list[list[Message]], params: GenParams,
@@ -177,8 +204,8 @@ def run(*, quick: bool, device: str, batch_size: int | None, repeats: int, setti
     variants: dict[str, Callable[[], list[str]]] = {
         "one_at_a_time": lambda: one_at_a_time(prefixed, prompts, max_new),
         "batched": lambda: [g.text for g in plain.generate(prompts, params)],
-        "batched_prefix": lambda: [g.text for g in prefixed.generate(prompts, params)],
-        "prompt_test_chunks": lambda: [g.text for g in chunked(prefixed, prompts, params, CHUNK)],
+        "batched_prefix": lambda: as_prompt_test(prefixed, prompts, params),
+        "batched_prefix_pytorch_linear": lambda: mkl_prompt_test(prefixed, prompts, params),
     }
     runs: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
@@ -195,7 +222,9 @@ def run(*, quick: bool, device: str, batch_size: int | None, repeats: int, setti
     result: dict[str, Any] = {
         "device": str(prefixed.model.device), "torch_threads": torch.get_num_threads(),
         "cases": n, "max_new_tokens": max_new, "batch_size": prefixed.batch_size,
-        "prefill_tokens": prefixed.prefill_tokens, "prompt_test_chunk": CHUNK,
+        "prefill_tokens": prefixed.prefill_tokens,
+        "linear_kernel": "onednn" if prefixed.onednn_layers else "pytorch",
+        "onednn_layers": prefixed.onednn_layers,
         "repeats": repeats, "prompt": source,
         "load_average_start": load_start,
         "prompt_tokens_mean": round(statistics.mean(len(prefixed.encode(p)) for p in prompts), 1),
@@ -224,10 +253,10 @@ def print_table(r: dict[str, Any]) -> None:
           f"max_new_tokens={r['max_new_tokens']} · batch {r['batch_size']} · "
           f"prompt {r['prompt_tokens_mean']} tokens, {r['shared_prefix_tokens']} shared · "
           f"load {r['load_average_start'][0]} → {r['load_average_end'][0]}")
-    print(f"{'variant':<20}{'min s':>8}{'median s':>10}{'max s':>8}{'cpu s':>8}{'cases/s':>9}"
+    print(f"{'variant':<31}{'min s':>8}{'median s':>10}{'max s':>8}{'cpu s':>8}{'cases/s':>9}"
           f"{'speedup':>9}{'identical':>11}{'accuracy':>10}")
     for name, v in r["variants"].items():
-        print(f"{name:<20}{v['min_s']:>8}{v['median_s']:>10}{v['max_s']:>8}"
+        print(f"{name:<31}{v['min_s']:>8}{v['median_s']:>10}{v['max_s']:>8}"
               f"{v['cpu_median_s']:>8}{v['cases_per_s']:>9}{v['speedup_vs_one_at_a_time']:>8}×"
               f"{v['identical_to_one_at_a_time']:>7}/{r['cases']:<3}{v['accuracy']:>10.1%}")
     print("time to first result: " + ", ".join(f"{k}={v}" for k, v in r["cold_warm"].items()))

@@ -323,3 +323,28 @@ def test_bundled_smollm2_through_the_gguf_cache(tmp_path: Path) -> None:
                                       return_dict=True)
         ref = warm.model.generate(**enc, max_new_tokens=8, do_sample=False)
         assert g.text == tok.decode(ref[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_on_batch_hears_every_case_once_in_even_batches(tiny_model_dir: Path,
+                                                        tmp_path: Path) -> None:
+    b = HFBackend(str(tiny_model_dir), make_settings(tmp_path), device="cpu", batch_size=5)
+    heard: list[tuple[list[int], list[str]]] = []
+    outs = b.generate(chats(), GenParams(max_new_tokens=6),
+                      on_batch=lambda idx, gens: heard.append((list(idx), [g.text for g in gens])))
+    assert [len(idx) for idx, _ in heard] == [4, 4]  # 8 cases, at most 5 a batch: 4 + 4
+    assert sorted(i for idx, _ in heard for i in idx) == list(range(len(REVIEWS)))
+    for idx, texts in heard:
+        assert texts == [outs[i].text for i in idx]
+
+
+def test_an_exception_in_on_batch_stops_the_rest(tiny_model_dir: Path, tmp_path: Path) -> None:
+    b = HFBackend(str(tiny_model_dir), make_settings(tmp_path), device="cpu", batch_size=3)
+    calls: list[int] = []
+
+    def stop(idx: list[int], _gens: object) -> None:
+        calls.append(len(idx))
+        raise RuntimeError("cancelled")
+
+    with pytest.raises(RuntimeError, match="cancelled"):
+        b.generate(chats(), GenParams(max_new_tokens=4), on_batch=stop)
+    assert calls == [3]

@@ -208,3 +208,13 @@ def test_llm_judge_scores_through_the_openai_backend(server: FakeOpenAI) -> None
     assert bad[0].passed is False and bad[0].value == 0.0
     judged = server.bodies[0]["messages"][-1]["content"]
     assert "polite and answers the question" in judged and "It ships tomorrow" in judged
+
+
+def test_on_batch_hears_answers_as_they_arrive(server: FakeOpenAI) -> None:
+    heard: list[list[int]] = []
+    prompts = [chat(str(i)) for i in range(7)]
+    outs = make(server, concurrency=3).generate(
+        prompts, GenParams(), on_batch=lambda idx, gens: heard.append(list(idx)))
+    assert [len(h) for h in heard] == [3, 3, 1]
+    assert sorted(i for h in heard for i in h) == list(range(7))
+    assert [g.text for g in outs] == [f"echo: {i}" for i in range(7)]

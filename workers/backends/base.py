@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -30,11 +31,18 @@ class Generation:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+# Told as answers come in, a batch at a time: (indices into the prompts, their answers). It may
+# raise (a cancelled job) to stop the rest.
+OnBatch = Callable[[list[int], list[Generation]], None]
+
+
 class Backend(Protocol):
     """A model that turns chat prompts into answers, batched."""
 
     name: str
 
-    def generate(self, prompts: list[list[Message]], params: GenParams) -> list[Generation]:
-        """Answer each prompt (a list of chat messages), in order."""
+    def generate(self, prompts: list[list[Message]], params: GenParams, *,
+                 on_batch: OnBatch | None = None) -> list[Generation]:
+        """Answer each prompt (a list of chat messages), in order; on_batch hears each batch
+        as it finishes, so a caller can give every prompt at once and still report progress."""
         ...

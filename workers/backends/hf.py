@@ -10,8 +10,9 @@ import torch
 
 from tunebot.errors import JobError
 from tunebot.settings import Settings
+from workers.backends import cpu_linear
 from workers.backends import hf_generate as gen
-from workers.backends.base import Generation, GenParams, Message
+from workers.backends.base import Generation, GenParams, Message, OnBatch
 from workers.backends.hf_load import apply_adapter, load_model, local_dir, pick_device
 from workers.backends.refs import ModelRef, parse_model_ref
 
@@ -36,24 +37,29 @@ class HFBackend:
         prefix_cache: bool = True,
         name: str | None = None,
         prefill_tokens: int | None = None,
+        onednn: bool = True,
     ) -> None:
         ref = parse_model_ref(model_ref) if isinstance(model_ref, str) else model_ref
         dev = pick_device(device)
         model, tokenizer = load_model(local_dir(ref, settings), device=dev)
         if adapter_dir is not None:
             model = apply_adapter(model, Path(adapter_dir))
-        self._setup(model, tokenizer, name or str(ref), batch_size, prefix_cache, prefill_tokens)
+        self._setup(model, tokenizer, name or str(ref), batch_size, prefix_cache, prefill_tokens,
+                    onednn)
 
     @classmethod
     def from_loaded(cls, model: Any, tokenizer: Any, *, name: str, batch_size: int | None = None,
-                    prefix_cache: bool = True, prefill_tokens: int | None = None) -> HFBackend:
+                    prefix_cache: bool = True, prefill_tokens: int | None = None,
+                    onednn: bool = True) -> HFBackend:
         """Wrap a model already in memory (e.g. one a fine-tune just trained)."""
         self = cls.__new__(cls)
-        self._setup(model.eval(), tokenizer, name, batch_size, prefix_cache, prefill_tokens)
+        self._setup(model.eval(), tokenizer, name, batch_size, prefix_cache, prefill_tokens,
+                    onednn)
         return self
 
     def _setup(self, model: Any, tokenizer: Any, name: str, batch_size: int | None,
-               prefix_cache: bool, prefill_tokens: int | None = None) -> None:
+               prefix_cache: bool, prefill_tokens: int | None = None,
+               onednn: bool = True) -> None:
         self.name = name
         self.model = model
         self.tokenizer = tokenizer
@@ -63,6 +69,9 @@ class HFBackend:
         self.batch_size = batch_size or 64
         self.prefill_tokens = prefill_tokens or PREFILL_TOKENS[kind]
         self.prefix_cache = prefix_cache and gen.supports_prefix(model)
+        # On the CPU the linear layers go through oneDNN (see cpu_linear); training keeps
+        # PyTorch's path, so a model shared with a fine-tune is unaffected.
+        self.onednn_layers = cpu_linear.use_onednn(model) if onednn and kind == "cpu" else 0
         self.pad_id = _pad_id(tokenizer, model)
         self.eos_ids = _eos_ids(tokenizer, model)
         self._last_prefix: gen.Prefix | None = None
@@ -91,8 +100,13 @@ class HFBackend:
         text = self.render(messages)
         return list(self.tokenizer(text, add_special_tokens=plain)["input_ids"])
 
-    def generate(self, prompts: list[list[Message]], params: GenParams) -> list[Generation]:
-        """Answer each prompt, in order, batching by length and reusing the shared prefix."""
+    def generate(self, prompts: list[list[Message]], params: GenParams, *,
+                 on_batch: OnBatch | None = None) -> list[Generation]:
+        """Answer each prompt, in order, batching by length and reusing the shared prefix.
+
+        Batches hold at most batch_size rows, evenly sized, so progress (on_batch) comes in
+        steps of similar length.
+        """
         if not prompts:
             return []
         ids = [self.encode(p) for p in prompts]
@@ -105,8 +119,10 @@ class HFBackend:
 
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         results: list[Generation | None] = [None] * len(ids)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
+        n_batches = -(-len(order) // self.batch_size)
+        size = -(-len(order) // n_batches)
+        for start in range(0, len(order), size):
+            chunk = order[start:start + size]
             t1 = time.perf_counter()
             outs = gen.generate_batch(
                 self.model, [ids[i][p_len:] for i in chunk], prefix=prefix, pad_id=self.pad_id,
@@ -127,6 +143,8 @@ class HFBackend:
                            "prefix_tokens": p_len, "prefix_ms": round(prefix_ms, 2),
                            "finish_reason": finish},
                 )
+            if on_batch is not None:
+                on_batch(chunk, [results[i] for i in chunk])  # type: ignore[misc]
         return [r for r in results if r is not None]
 
     def _prefix_for(self, ids: list[list[int]]) -> gen.Prefix | None:

@@ -7,7 +7,7 @@ import logging
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +15,7 @@ import httpx
 from pydantic import SecretStr
 
 from tunebot.errors import JobError
-from workers.backends.base import Generation, GenParams, Message
+from workers.backends.base import Generation, GenParams, Message, OnBatch
 
 log = logging.getLogger(__name__)
 MAX_STOPS = 4  # the OpenAI API takes at most four stop sequences
@@ -57,8 +57,10 @@ class OpenAIBackend:
     def __repr__(self) -> str:
         return f"OpenAIBackend(model={self.model!r}, url={self.url!r})"  # never the key
 
-    def generate(self, prompts: list[list[Message]], params: GenParams) -> list[Generation]:
-        """Answer each prompt, at most `concurrency` requests in flight."""
+    def generate(self, prompts: list[list[Message]], params: GenParams, *,
+                 on_batch: OnBatch | None = None) -> list[Generation]:
+        """Answer each prompt, at most `concurrency` requests in flight; on_batch hears the
+        answers as they arrive, `concurrency` at a time."""
         if not prompts:
             return []
         headers = {"Content-Type": "application/json"}
@@ -74,6 +76,17 @@ class OpenAIBackend:
                 for i, p in enumerate(prompts)
             ]
             try:
+                if on_batch is not None:
+                    index = {f: i for i, f in enumerate(futures)}
+                    ready: list[int] = []
+                    for f in as_completed(futures):
+                        ready.append(index[f])
+                        f.result()  # a failure stops here, before it is reported
+                        if len(ready) == self.concurrency:
+                            on_batch(ready, [futures[i].result() for i in ready])
+                            ready = []
+                    if ready:
+                        on_batch(ready, [futures[i].result() for i in ready])
                 return [f.result() for f in futures]
             except BaseException:
                 abort.set()  # the rest give up at their next attempt instead of retrying

@@ -12,12 +12,10 @@ from tunebot.db import session_scope
 from tunebot.errors import JobError, UserError
 from tunebot.models import CaseResult
 from tunebot.templates import render_messages
-from workers.backends.base import Backend, GenParams
+from workers.backends.base import Backend, Generation, GenParams
 from workers.context import JobContext
 from workers.scoring import ScoreContext, ScorerError, case_passed, default_scorers, score_case
 from workers.scoring.base import Score
-
-CHUNK = 32  # cases per generate call: big enough to batch well, small enough to report progress
 
 
 @dataclass
@@ -120,10 +118,12 @@ def evaluate(ctx: JobContext, *, name: str, content: dict[str, Any], rows: list[
         # Independent draws: each sample has its own seed, nothing is reused between them.
         seed = (gen.seed or 0) + sample * 1_000_003
         params = GenParams(gen.temperature, gen.top_p, gen.max_new_tokens, gen.stop, seed)
-        for start in range(0, len(rows), CHUNK):
-            ctx.check()
-            idx = range(start, min(start + CHUNK, len(rows)))
-            gens = backend.generate([prompts[i] for i in idx], params)
+        ctx.check()
+
+        def scored(idx: list[int], gens: list[Generation], sample: int = sample) -> None:
+            # Every case of a sample goes to the backend in one call (one length sort, one
+            # shared prefix); each finished batch is scored, stored and reported here.
+            nonlocal done
             batch = []
             for i, g in zip(idx, gens, strict=True):
                 row = rows[i]
@@ -137,16 +137,21 @@ def evaluate(ctx: JobContext, *, name: str, content: dict[str, Any], rows: list[
                     raise JobError(f"row {i + 1}: bad assert: {exc}") from None
                 outcome = CaseOutcome(i, sample, dict(row), prompts[i], g.text, expected, scores,
                                       case_passed(scores), g.latency_ms, g.tokens_in, g.tokens_out)
-                run.outcomes.append(outcome)
                 batch.append(outcome)
                 if outcome.passed is not None:
                     passed_so_far.append(outcome.passed)
+            batch.sort(key=lambda o: o.index)
+            run.outcomes.extend(batch)
             if store:
                 _store(ctx, name, batch)
             done += len(batch)
             acc = sum(passed_so_far) / len(passed_so_far) if passed_so_far else 0.0
             ctx.progress(done / total, f"{done}/{total} done · {name}: running accuracy "
                                        f"{acc:.0%}")
+            ctx.check()
+
+        backend.generate(prompts, params, on_batch=scored)
+    run.outcomes.sort(key=lambda o: (o.sample, o.index))
     run.seconds = time.monotonic() - started
     return run
 
