@@ -56,6 +56,10 @@ BOT_TOKEN = "xoxb-bench-token"
 USERS = 100
 DUMP = os.environ.get("BENCH_ACK_DUMP")  # a JSONL file: every run's (sent at, latency) pairs
 LEVELS = (10, 25, 50, 100)
+# The busy process: one core's worth of a worker's arithmetic (a 1-thread float32 matmul loop, as
+# a prompt test on the CPU keeps a core busy), running through every run on both sides.
+BUSY = ("import torch\ntorch.set_num_threads(1)\na = torch.randn(256, 256)\n"
+        "while True:\n    a = torch.tanh(a @ a)")
 
 
 # ---- the baseline server (run in its own process) --------------------------------------
@@ -93,7 +97,8 @@ def serve_tunebot_variant(port: int, variant: str) -> None:
     CapacityLimiter instead of the thread pool's 40 (requests queue in order instead of
     time-slicing one GIL); `pbr` sets Bolt's process_before_response, so the listener runs in
     the dispatching thread and the ack is returned directly (sync Bolt otherwise runs it on a
-    second thread and polls for the ack every 10 ms). `pbr-limit8` is both."""
+    second thread and polls for the ack every 10 ms). `pbr-limit8` is both. `inline` dispatches
+    on the event loop itself, one request at a time (what Bolt's own Starlette adapter does)."""
     import anyio
     import uvicorn
     from slack_bolt import App as BoltApp
@@ -119,6 +124,8 @@ def serve_tunebot_variant(port: int, variant: str) -> None:
 
     async def events(request: Request) -> Response:
         body = await request.body()
+        if "inline" in variant:  # on the event loop itself, one at a time, as Bolt's adapter does
+            return to_starlette_response(bolt.dispatch(to_bolt_request(request, body)))
         resp = await anyio.to_thread.run_sync(bolt.dispatch, to_bolt_request(request, body),
                                               limiter=limiter)
         return to_starlette_response(resp)
@@ -278,6 +285,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 wait_port(v_port, proc=v)
                 urls[f"tunebot_{variant}"] = f"http://127.0.0.1:{v_port}/slack/events"
                 oks[f"tunebot_{variant}"] = tunebot_ok
+            for i in range(args.busy):  # a worker busy on a prompt test, on both sides alike
+                procs.start(f"busy-{i}", [sys.executable, "-c", BUSY], env)
             for side in urls:  # warm-up: imports, auth.test, connection pools
                 warm = fire(urls[side], 40, 5, oks[side])
                 if warm["errors"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import parse_qs
 
 import anyio
 from slack_bolt import App as BoltApp
@@ -13,14 +14,22 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from bot import listeners
+from bot.listeners.commands import FORMS
 from bot.notifier import make_client
 from bot.oauth import oauth_routes, oauth_settings, register_revocation
+from tunebot.commands import FAMILIES
 from tunebot.logs import install_log_filter
 from tunebot.service import App
 from tunebot.settings import Settings
 
 log = logging.getLogger(__name__)
-DISPATCH_THREADS = 4
+# Slash commands are answered one at a time, in arrival order: each is a few milliseconds of
+# SQL and a broker send, and measured under load (bench/bench_ack.py) a single lane answers
+# faster than several threads contending for one GIL, whose slowest acks then took seconds.
+# Everything else (events, buttons, forms, and the commands that open a form, which wait on
+# Slack's views.open) has its own small pool, so a slow Web API call never holds the commands.
+COMMAND_THREADS = 1
+OTHER_THREADS = 4
 
 
 def build_bolt(settings: Settings, core: App) -> BoltApp:
@@ -47,12 +56,27 @@ def build_bolt(settings: Settings, core: App) -> BoltApp:
     return app
 
 
-def http_app(bolt: BoltApp) -> Starlette:
-    """Starlette app serving /slack/events; Bolt's sync dispatch runs on a few threads so one
-    slow request never blocks the event loop (Bolt's own adapter calls it inline), and a burst
-    queues in order rather than forty threads contending for the GIL and the database."""
+def lane(body: bytes) -> str:
+    """"commands" for a slash command answered from SQL, "other" for the rest."""
+    if b"command=" not in body:
+        return "other"
+    form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=50)
+    family = (form.get("command") or [""])[0].lstrip("/")
+    words = (form.get("text") or [""])[0].split()
+    if family == "tunebot" and words and words[0] in FAMILIES:
+        family, words = words[0], words[1:]
+    if not family or (family, words[0] if words else "") in FORMS:
+        return "other"
+    return "commands"
 
-    limiter = anyio.CapacityLimiter(DISPATCH_THREADS)
+
+def http_app(bolt: BoltApp) -> Starlette:
+    """Starlette app serving /slack/events; Bolt's sync dispatch runs off the event loop (Bolt's
+    own adapter calls it inline, so one slow request would block every other), slash commands
+    in one ordered lane and the rest in a small pool (see COMMAND_THREADS)."""
+
+    limiters = {"commands": anyio.CapacityLimiter(COMMAND_THREADS),
+                "other": anyio.CapacityLimiter(OTHER_THREADS)}
     verifying = bool(getattr(bolt, "_signing_secret", None))
 
     async def events(request: Request) -> Response:
@@ -62,7 +86,8 @@ def http_app(bolt: BoltApp) -> Starlette:
             return PlainTextResponse("invalid request", status_code=401)
         body = await request.body()
         bolt_req = to_bolt_request(request, body)
-        bolt_resp = await anyio.to_thread.run_sync(bolt.dispatch, bolt_req, limiter=limiter)
+        bolt_resp = await anyio.to_thread.run_sync(bolt.dispatch, bolt_req,
+                                                   limiter=limiters[lane(body)])
         return to_starlette_response(bolt_resp)
 
     async def health(_: Request) -> Response:
@@ -99,7 +124,12 @@ def main(settings: Settings, *, mode: str, port: int = 3000) -> None:
     if settings.slack_signing_secret is None:
         raise SystemExit("tunebot: bad setting SLACK_SIGNING_SECRET: HTTP mode verifies every "
                          "request with it")
+    import gc
+
     import uvicorn
 
+    # Everything loaded so far lives as long as the process: keep it out of the collector's
+    # full passes, which otherwise walk it again and again under load (a pause in the acks).
+    gc.freeze()
     uvicorn.run(http_app(bolt), host="0.0.0.0", port=port, log_level="warning",
                 access_log=False)

@@ -107,11 +107,12 @@ def submit(
     """
     if kind not in KIND_QUEUE:
         raise ValueError(f"unknown job kind {kind!r}")
+    # Sent once right after the commit: recorded in the INSERT itself, not by an UPDATE after.
     job = Job(
         team_id=team_id, kind=kind, queue=KIND_QUEUE[kind], requested_by=requested_by,
         params=params, title=title[:512], channel=channel, thread_ts=thread_ts,
         response_url=response_url, idempotency_key=idempotency_key, active_key=active_key,
-        max_attempts=max_attempts,
+        max_attempts=max_attempts, sends=1, last_sent_at=utcnow(),
     )
     try:
         with session_scope(engine) as session:
@@ -131,10 +132,8 @@ def submit(
                     )
             session.add(job)
             session.flush()
-            job.sends = 1
-            job.last_sent_at = utcnow()
             if announce is not None:
-                _add_event(session, job, announce(job), "status")
+                _add_event(session, job, announce(job), "status", seq=1)  # a new job's first
     except (IntegrityError, QuotaExceeded):
         # The same request again (or a concurrent twin that won the race): answer with its
         # job — even when the user is now at the quota.
@@ -287,11 +286,13 @@ def request_cancel(engine: Engine, job_id: int, waker: Waker | None = None) -> s
     return status
 
 
-def _add_event(session: Session, job: Job, reply: Reply, kind: str) -> JobEvent:
-    seq = session.execute(
-        select(func.coalesce(func.max(JobEvent.seq), 0))
-        .where(JobEvent.job_id == job.id)  # type: ignore[arg-type]
-    ).scalar_one() + 1
+def _add_event(session: Session, job: Job, reply: Reply, kind: str,
+               seq: int | None = None) -> JobEvent:
+    if seq is None:
+        seq = session.execute(
+            select(func.coalesce(func.max(JobEvent.seq), 0))
+            .where(JobEvent.job_id == job.id)  # type: ignore[arg-type]
+        ).scalar_one() + 1
     assert job.id is not None
     event = JobEvent(job_id=job.id, team_id=job.team_id, seq=seq, kind=kind,
                      payload=reply.to_dict())

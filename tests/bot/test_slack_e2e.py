@@ -113,3 +113,18 @@ def test_url_verification_is_answered(stack: Stack) -> None:
 
 def test_signed_secret_is_the_one_the_bot_uses() -> None:
     assert SECRET  # keeps the constant referenced for readers of this module
+
+
+def test_slash_commands_take_the_ordered_lane_and_the_rest_the_pool() -> None:
+    from bot.app import lane
+    from tests.slack_api.payloads import block_actions_body
+
+    assert lane(slash_command_body("test sentiment on sentiment-eval")) == "commands"
+    assert lane(slash_command_body("ping", command="/tunebot")) == "commands"
+    assert lane(slash_command_body("", command="/compare")) == "commands"
+    # Commands that open a form wait on Slack's views.open: not in the ordered lane.
+    assert lane(slash_command_body("new")) == "other"
+    assert lane(slash_command_body("edit sentiment")) == "other"
+    assert lane(slash_command_body("prompt edit sentiment", command="/tunebot")) == "other"
+    assert lane(event_body(app_mention_event("<@UBOT> ping"))) == "other"
+    assert lane(block_actions_body("rerun", "12")) == "other"
