@@ -40,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path(__file__).resolve().parent / "results-finetune.json"
 VARIANTS = ("naive", "trl", "trl-nogc", "tunebot")
-QUICK_VARIANTS = ("naive", "trl", "tunebot")  # bench-quick: the strong baseline, one way
+QUICK_VARIANTS = ("trl", "tunebot")  # bench-quick: the strong baseline only, one way
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
 
 

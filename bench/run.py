@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="reduced sizes (under ~5 minutes)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--only", choices=sorted(BENCHES), action="append")
-    ap.add_argument("--out", type=Path, default=HERE / "results.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default bench/results.json (bench/results-quick.json with --quick)")
     ap.add_argument("--table", type=Path, metavar="RESULTS",
                     help="only print the table of an existing results.json")
     args = ap.parse_args(argv)
@@ -65,9 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, object] = {"machine": machine(), "quick": args.quick, "commit": commit(),
                                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     results["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    # A quick run writes beside the full one, never over it (its sizes are not comparable).
+    tag = "results-quick" if args.quick else "results"
+    args.out = args.out or HERE / f"{tag}.json"
     failed = 0
     for name in args.only or list(BENCHES):
-        out = HERE / f"results-{name}.json"
+        out = HERE / f"{tag}-{name}.json"
         cmd = [sys.executable, "-m", BENCHES[name], "--device", args.device, "--out", str(out),
                *EXTRA.get(name, [])]
         if args.quick:
@@ -80,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         results[name + "_seconds"] = round(time.monotonic() - started, 1)
         failed += proc.returncode != 0
     results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["seconds"] = round(sum(v for k, v in results.items() if k.endswith("_seconds")
+                                   and isinstance(v, float)), 1)
     args.out.write_text(json.dumps(results, indent=2))
     print(table(results))
     print(f"wrote {args.out}")
