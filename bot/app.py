@@ -17,17 +17,19 @@ from bot import listeners
 from bot.listeners.commands import FORMS
 from bot.notifier import make_client
 from bot.oauth import oauth_routes, oauth_settings, register_revocation
-from tunebot.commands import FAMILIES
+from tunebot.commands import FAMILIES, parse
+from tunebot.errors import UserError
 from tunebot.logs import install_log_filter
-from tunebot.service import App
+from tunebot.service import POLICY, App
 from tunebot.settings import Settings
 
 log = logging.getLogger(__name__)
 # Slash commands are answered one at a time, in arrival order: each is a few milliseconds of
 # SQL and a broker send, and measured under load (bench/bench_ack.py) a single lane answers
 # faster than several threads contending for one GIL, whose slowest acks then took seconds.
-# Everything else (events, buttons, forms, and the commands that open a form, which wait on
-# Slack's views.open) has its own small pool, so a slow Web API call never holds the commands.
+# Everything else (events, buttons, forms, the commands that open a form, which wait on Slack's
+# views.open, and those whose policy may look up usergroups) has its own small pool, so a slow
+# Web API call never holds the commands.
 COMMAND_THREADS = 1
 OTHER_THREADS = 4
 
@@ -56,16 +58,28 @@ def build_bolt(settings: Settings, core: App) -> BoltApp:
     return app
 
 
-def lane(body: bytes) -> str:
-    """"commands" for a slash command answered from SQL, "other" for the rest."""
-    if b"command=" not in body:
+def lane(body: bytes, content_type: str = "application/x-www-form-urlencoded") -> str:
+    """"commands" for a slash command answered from SQL alone, "other" for everything else.
+
+    Read as the listener reads it (the same parser), so a command that opens a form (it waits
+    on views.open) or may look up usergroups (fine-tune policy) never holds the ordered lane.
+    Anything unreadable goes to "other", where Bolt verifies and answers it.
+    """
+    if not content_type.startswith("application/x-www-form-urlencoded") \
+            or body.startswith(b"payload="):
         return "other"
-    form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=50)
-    family = (form.get("command") or [""])[0].lstrip("/")
-    words = (form.get("text") or [""])[0].split()
-    if family == "tunebot" and words and words[0] in FAMILIES:
-        family, words = words[0], words[1:]
-    if not family or (family, words[0] if words else "") in FORMS:
+    try:
+        form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=50)
+        family = (form.get("command") or [""])[0].lstrip("/")
+        if family not in FAMILIES:
+            return "other"
+        cmd = parse((form.get("text") or [""])[0], family=family)
+    except (ValueError, UserError):  # too many fields, or a usage error (answered at once)
+        return "other"
+    except Exception:  # routing must never fail a request: Bolt answers whatever this is
+        log.exception("could not route a request; it takes the general pool")
+        return "other"
+    if (cmd.family, cmd.action) in FORMS or POLICY.get((cmd.family, cmd.action)) == "finetune":
         return "other"
     return "commands"
 
@@ -86,8 +100,9 @@ def http_app(bolt: BoltApp) -> Starlette:
             return PlainTextResponse("invalid request", status_code=401)
         body = await request.body()
         bolt_req = to_bolt_request(request, body)
+        which = lane(body, request.headers.get("content-type", ""))
         bolt_resp = await anyio.to_thread.run_sync(bolt.dispatch, bolt_req,
-                                                   limiter=limiters[lane(body)])
+                                                   limiter=limiters[which])
         return to_starlette_response(bolt_resp)
 
     async def health(_: Request) -> Response:
@@ -130,6 +145,7 @@ def main(settings: Settings, *, mode: str, port: int = 3000) -> None:
 
     # Everything loaded so far lives as long as the process: keep it out of the collector's
     # full passes, which otherwise walk it again and again under load (a pause in the acks).
+    gc.collect()
     gc.freeze()
     uvicorn.run(http_app(bolt), host="0.0.0.0", port=port, log_level="warning",
                 access_log=False)

@@ -119,12 +119,21 @@ def test_slash_commands_take_the_ordered_lane_and_the_rest_the_pool() -> None:
     from bot.app import lane
     from tests.slack_api.payloads import block_actions_body
 
-    assert lane(slash_command_body("test sentiment on sentiment-eval")) == "commands"
-    assert lane(slash_command_body("ping", command="/tunebot")) == "commands"
-    assert lane(slash_command_body("", command="/compare")) == "commands"
-    # Commands that open a form wait on Slack's views.open: not in the ordered lane.
-    assert lane(slash_command_body("new")) == "other"
-    assert lane(slash_command_body("edit sentiment")) == "other"
-    assert lane(slash_command_body("prompt edit sentiment", command="/tunebot")) == "other"
-    assert lane(event_body(app_mention_event("<@UBOT> ping"))) == "other"
-    assert lane(block_actions_body("rerun", "12")) == "other"
+    form, js = "application/x-www-form-urlencoded", "application/json"
+    assert lane(slash_command_body("test sentiment on sentiment-eval"), form) == "commands"
+    assert lane(slash_command_body("ping", command="/tunebot"), form) == "commands"
+    assert lane(slash_command_body("label sentiment@2 production"), form) == "commands"
+    # Commands that open a form wait on Slack's views.open, read as the listener reads them.
+    for text, command in (("new", "/prompt"), ("edit sentiment", "/prompt"),
+                          ("New x", "/prompt"), ('"new"', "/prompt"),
+                          ("prompt edit sentiment", "/tunebot"), ("/prompt new", "/tunebot")):
+        assert lane(slash_command_body(text, command=command), form) == "other", (text, command)
+    # Fine-tune policy may look usergroups up in Slack; usage errors answer at once anyway.
+    assert lane(slash_command_body("start smollm2 on x", command="/finetune"), form) == "other"
+    assert lane(slash_command_body("frobnicate"), form) == "other"
+    assert lane(event_body(app_mention_event("<@UBOT> ping &command=/prompt")), js) == "other"
+    assert lane(block_actions_body("rerun", "12"), form) == "other"
+    # Unreadable or hostile bodies never raise: Bolt verifies and answers them.
+    assert lane(b"command=%2Fprompt&text=ping" + b"&x=1" * 80, form) == "other"
+    assert lane(b"command=%2Fprompt&text=%22unterminated", form) == "other"
+    assert lane(b"\xff\xfe command=", form) == "other"

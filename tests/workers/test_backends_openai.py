@@ -210,7 +210,11 @@ def test_llm_judge_scores_through_the_openai_backend(server: FakeOpenAI) -> None
     assert "polite and answers the question" in judged and "It ships tomorrow" in judged
 
 
-def test_on_batch_hears_answers_as_they_arrive(server: FakeOpenAI) -> None:
+def test_on_batch_hears_answers_as_they_arrive(server: FakeOpenAI,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.backends import openai_compat
+
+    monkeypatch.setattr(openai_compat, "REPORT_EVERY", 3)
     heard: list[list[int]] = []
     prompts = [chat(str(i)) for i in range(7)]
     outs = make(server, concurrency=3).generate(

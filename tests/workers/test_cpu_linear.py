@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import platform
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,10 @@ from workers.backends import cpu_linear
 from workers.backends.hf import HFBackend
 
 ONEDNN_OP = "mkldnn::_linear_pointwise"
+# This project's machines (and CI) are x86 with PyTorch's oneDNN build; elsewhere the switch may
+# rightly be off, and these tests say nothing.
+pytestmark = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
+                                reason="oneDNN's linear op is required on x86 only")
 
 
 def ops_run(fn) -> set[str]:  # noqa: ANN001
@@ -78,8 +84,24 @@ def test_a_lora_model_uses_it_under_its_adapter(model: nn.Module) -> None:
     with torch.inference_mode():
         before = peft_model(input_ids=x).logits
     assert cpu_linear.use_onednn(peft_model) > 0
+    q_proj = peft_model.base_model.model.model.layers[0].self_attn.q_proj
+    assert type(q_proj.base_layer) is cpu_linear.OneDNNLinear  # under the adapter, too
     with torch.inference_mode():
         torch.testing.assert_close(peft_model(input_ids=x).logits, before, rtol=1e-4, atol=1e-4)
+        assert ONEDNN_OP in ops_run(lambda: q_proj(torch.randn(2, 3, q_proj.in_features)))
+
+
+def test_a_switched_model_copies_and_saves_as_before(model: nn.Module, tmp_path: Path) -> None:
+    cpu_linear.use_onednn(model)
+    twin = copy.deepcopy(model)
+    assert all(type(a) is type(b) for a, b in zip(model.modules(), twin.modules(), strict=True))
+    model.save_pretrained(tmp_path / "saved")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "saved", use_safetensors=True).eval()
+    x = torch.randint(5, 200, (1, 7))
+    with torch.inference_mode():
+        torch.testing.assert_close(again(input_ids=x).logits, twin(input_ids=x).logits,
+                                   rtol=1e-4, atol=1e-4)
+    assert not any(type(m) is cpu_linear.OneDNNLinear for m in again.modules())
 
 
 def test_the_backend_switches_on_the_cpu_only_when_asked(tiny_model_dir: Path,
@@ -89,4 +111,4 @@ def test_the_backend_switches_on_the_cpu_only_when_asked(tiny_model_dir: Path,
     assert fast.onednn_layers > 0
     plain = HFBackend(str(tiny_model_dir), settings, device="cpu", onednn=False)
     assert plain.onednn_layers == 0
-    assert all("forward" not in m.__dict__ for m in plain.model.modules())
+    assert not any(type(m) is cpu_linear.OneDNNLinear for m in plain.model.modules())

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import types
 
 import torch
 from torch import nn
@@ -45,32 +44,37 @@ def available() -> bool:
     return ok
 
 
-def _forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    if (x.dtype is torch.float32 and x.device.type == "cpu"
-            and self.weight.dtype is torch.float32 and self.weight.is_contiguous()
-            and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-    return nn.Linear.forward(self, x)
+class OneDNNLinear(nn.Linear):
+    """nn.Linear whose gradient-free CPU fp32 forward runs through oneDNN (same weights)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if (x.dtype is torch.float32 and x.device.type == "cpu"
+                and self.weight.dtype is torch.float32 and self.weight.is_contiguous()
+                and not (torch.is_grad_enabled()
+                         and (x.requires_grad or self.weight.requires_grad))):
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return super().forward(x)
 
 
 def use_onednn(model: nn.Module) -> int:
     """Route the model's plain nn.Linear layers through oneDNN when inferring on the CPU.
 
-    Returns how many layers were switched (0 when the op is not available). Idempotent; LoRA
+    Returns how many layers use it (0 when the op is not available). Each layer's class becomes
+    OneDNNLinear, so the model still copies, pickles and saves as before. Idempotent; LoRA
     layers keep working, since peft wraps the base nn.Linear and calls it.
     """
     if not available():
         return 0
     n = 0
     for module in model.modules():
-        if type(module) is nn.Linear:
-            module.forward = types.MethodType(_forward, module)  # type: ignore[method-assign]
+        if type(module) in (nn.Linear, OneDNNLinear):
+            module.__class__ = OneDNNLinear
             n += 1
     return n
 
 
 def restore(model: nn.Module) -> None:
-    """Undo use_onednn: every nn.Linear back on PyTorch's own path."""
+    """Undo use_onednn: every layer back to a plain nn.Linear on PyTorch's own path."""
     for module in model.modules():
-        if type(module) is nn.Linear:
-            module.__dict__.pop("forward", None)
+        if type(module) is OneDNNLinear:
+            module.__class__ = nn.Linear

@@ -19,6 +19,7 @@ from workers.backends.base import Generation, GenParams, Message, OnBatch
 
 log = logging.getLogger(__name__)
 MAX_STOPS = 4  # the OpenAI API takes at most four stop sequences
+REPORT_EVERY, REPORT_SECONDS = 32, 5.0  # on_batch: answers a group, or seconds between groups
 
 
 def chat_url(base_url: str) -> str:
@@ -60,7 +61,7 @@ class OpenAIBackend:
     def generate(self, prompts: list[list[Message]], params: GenParams, *,
                  on_batch: OnBatch | None = None) -> list[Generation]:
         """Answer each prompt, at most `concurrency` requests in flight; on_batch hears the
-        answers as they arrive, `concurrency` at a time."""
+        answers as they arrive, REPORT_EVERY at a time or every REPORT_SECONDS."""
         if not prompts:
             return []
         headers = {"Content-Type": "application/json"}
@@ -79,12 +80,15 @@ class OpenAIBackend:
                 if on_batch is not None:
                     index = {f: i for i, f in enumerate(futures)}
                     ready: list[int] = []
+                    told = time.monotonic()
                     for f in as_completed(futures):
                         ready.append(index[f])
                         f.result()  # a failure stops here, before it is reported
-                        if len(ready) == self.concurrency:
+                        # Told in groups (each is a database write for a prompt test), and at
+                        # least every few seconds while answers trickle in.
+                        if len(ready) >= REPORT_EVERY or time.monotonic() - told >= REPORT_SECONDS:
                             on_batch(ready, [futures[i].result() for i in ready])
-                            ready = []
+                            ready, told = [], time.monotonic()
                     if ready:
                         on_batch(ready, [futures[i].result() for i in ready])
                 return [f.result() for f in futures]
