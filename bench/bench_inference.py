@@ -145,7 +145,7 @@ def as_prompt_test(backend: HFBackend, prompts: list[list[Message]],
     return texts
 
 
-def mkl_prompt_test(backend: HFBackend, prompts: list[list[Message]],
+def on_pytorch_linear(backend: HFBackend, prompts: list[list[Message]],
                     params: GenParams) -> list[str]:
     """as_prompt_test on PyTorch's own linear kernels."""
     with pytorch_kernels(backend):
@@ -205,7 +205,7 @@ def run(*, quick: bool, device: str, batch_size: int | None, repeats: int, setti
         "one_at_a_time": lambda: one_at_a_time(prefixed, prompts, max_new),
         "batched": lambda: [g.text for g in plain.generate(prompts, params)],
         "batched_prefix": lambda: as_prompt_test(prefixed, prompts, params),
-        "batched_prefix_pytorch_linear": lambda: mkl_prompt_test(prefixed, prompts, params),
+        "batched_prefix_pytorch_linear": lambda: on_pytorch_linear(prefixed, prompts, params),
     }
     runs: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}

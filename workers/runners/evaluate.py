@@ -140,8 +140,7 @@ def evaluate(ctx: JobContext, *, name: str, content: dict[str, Any], rows: list[
                 batch.append(outcome)
                 if outcome.passed is not None:
                     passed_so_far.append(outcome.passed)
-            batch.sort(key=lambda o: o.index)
-            run.outcomes.extend(batch)
+            run.outcomes.extend(batch)  # put in case order once, at the end
             if store:
                 _store(ctx, name, batch)
             done += len(batch)
