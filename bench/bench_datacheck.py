@@ -18,7 +18,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from tunebot.datafiles import length_histogram, validate_training
+from tunebot.datasets.training import length_histogram, validate_training
 
 WORDS = ("great", "terrible", "battery", "shipping", "refund", "screen", "fast", "slow", "love",
          "broken", "support", "price", "quality", "again", "never", "always", "app", "order")

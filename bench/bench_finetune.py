@@ -141,7 +141,7 @@ def run_trl(spec: dict[str, Any], model: Any, tok: Any, clock: _Clock, *, gc: bo
 
 def run_tunebot(spec: dict[str, Any], clock: _Clock) -> Any:
     """workers.training's recipe, in process (the spawn wrapper adds nothing per step)."""
-    from tunebot.datafiles import Example
+    from tunebot.datasets.training import Example
     from workers.training.config import TrainConfig
     from workers.training.recipe import FinetuneRecipe
 

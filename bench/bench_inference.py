@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
+from tunebot.catalog.templates import render_messages
 from tunebot.settings import Settings
-from tunebot.templates import render_messages
 from workers.backends import cpu_linear
 from workers.backends.base import Generation, GenParams, Message
 from workers.backends.gguf_cache import converted_dir

@@ -128,18 +128,17 @@ class Tunebot:
     name = "tunebot"
 
     def __init__(self, settings: Any) -> None:
-        from tunebot.cli import app_for
         from tunebot.commands import parse
-        from tunebot.service import Actor
+        from tunebot.core import Actor, build_core
 
-        self.core = app_for(settings)
+        self.core = build_core(settings)
         self.cmd = parse("/tunebot ping")
         self.actor = Actor(team_id="T0BENCH", user_id="U0BENCH")
         self.sent: dict[str, float] = {}
 
     def submit(self) -> str:
         """Submit one no-op job as a user would; returns its id."""
-        from tunebot.service import execute
+        from tunebot.dispatch import execute
 
         t = time.time()
         out = execute(self.cmd, self.actor, self.core)

@@ -59,8 +59,9 @@ def burst(core: Any, text: str, n: int, timeout: float = 600) -> dict[str, Any]:
     from sqlmodel import Session
 
     from tunebot.commands import parse
+    from tunebot.core import Actor
+    from tunebot.dispatch import execute
     from tunebot.models import Job
-    from tunebot.service import Actor, execute
 
     actor = Actor(team_id="T0BENCH", user_id="U0BENCH")
     t0 = time.time()
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tests.conftest import settings_env
     from tests.tiny_model import build_tiny_model
     from tunebot import migrate
-    from tunebot.cli import app_for
+    from tunebot.core import build_core
     from tunebot.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp_s, pg_database() as db_url:
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         settings = Settings(var_dir=tmp / "var", database_url=db_url, broker_url=broker,
                             max_jobs_per_user=100_000)
         migrate.upgrade(db_url)
-        core = app_for(settings)
+        core = build_core(settings)
         seed(core, settings, tmp)
         text = f"/prompt test colours on colours-eval model={model}"
         env = settings_env(settings)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import threading
 from urllib.parse import parse_qs
 
 import anyio
+import uvicorn
 from slack_bolt import App as BoltApp
+from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_bolt.adapter.starlette.handler import to_bolt_request, to_starlette_response
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -14,13 +18,13 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from bot import listeners
-from bot.listeners.commands import FORMS
+from bot.listeners.commands import PARSED
 from bot.notifier import make_client
 from bot.oauth import oauth_routes, oauth_settings, register_revocation
-from tunebot.commands import FAMILIES, parse
+from tunebot.commands import FAMILIES, Command, parse
+from tunebot.core import Core, build_core
 from tunebot.errors import UserError
 from tunebot.logs import install_log_filter
-from tunebot.service import POLICY, App
 from tunebot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,7 +38,7 @@ COMMAND_THREADS = 1
 OTHER_THREADS = 4
 
 
-def build_bolt(settings: Settings, core: App) -> BoltApp:
+def build_bolt(settings: Settings, core: Core) -> BoltApp:
     """The Bolt app with every listener registered.
 
     One workspace: SLACK_BOT_TOKEN. Many: SLACK_CLIENT_ID/SECRET turn on the OAuth install,
@@ -58,30 +62,38 @@ def build_bolt(settings: Settings, core: App) -> BoltApp:
     return app
 
 
-def lane(body: bytes, content_type: str = "application/x-www-form-urlencoded") -> str:
-    """"commands" for a slash command answered from SQL alone, "other" for everything else.
+def route(body: bytes, content_type: str = "application/x-www-form-urlencoded"
+          ) -> tuple[str, Command | None]:
+    """Which lane a request takes, and the slash command it carries, parsed once.
 
-    Read as the listener reads it (the same parser), so a command that opens a form (it waits
-    on views.open) or may look up usergroups (fine-tune policy) never holds the ordered lane.
-    Anything unreadable goes to "other", where Bolt verifies and answers it.
+    "commands" for a slash command answered from SQL alone, "other" for everything else: a
+    command that opens a form (it waits on views.open) or may look up usergroups (fine-tune
+    policy) never holds the ordered lane. The parsed command travels to the listener in the
+    request's context, so the text is parsed once. Anything unreadable goes to "other",
+    where Bolt verifies and answers it.
     """
     if not content_type.startswith("application/x-www-form-urlencoded") \
             or body.startswith(b"payload="):
-        return "other"
+        return "other", None
     try:
         form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=50)
         family = (form.get("command") or [""])[0].lstrip("/")
         if family not in FAMILIES:
-            return "other"
+            return "other", None
         cmd = parse((form.get("text") or [""])[0], family=family)
     except (ValueError, UserError):  # too many fields, or a usage error (answered at once)
-        return "other"
+        return "other", None
     except Exception:  # routing must never fail a request: Bolt answers whatever this is
         log.exception("could not route a request; it takes the general pool")
-        return "other"
-    if (cmd.family, cmd.action) in FORMS or POLICY.get((cmd.family, cmd.action)) == "finetune":
-        return "other"
-    return "commands"
+        return "other", None
+    if cmd.spec.form or cmd.spec.policy == "finetune":
+        return "other", cmd
+    return "commands", cmd
+
+
+def lane(body: bytes, content_type: str = "application/x-www-form-urlencoded") -> str:
+    """The lane alone (see route)."""
+    return route(body, content_type)[0]
 
 
 def http_app(bolt: BoltApp) -> Starlette:
@@ -100,7 +112,9 @@ def http_app(bolt: BoltApp) -> Starlette:
             return PlainTextResponse("invalid request", status_code=401)
         body = await request.body()
         bolt_req = to_bolt_request(request, body)
-        which = lane(body, request.headers.get("content-type", ""))
+        which, cmd = route(body, request.headers.get("content-type", ""))
+        if cmd is not None:
+            bolt_req.context[PARSED] = cmd
         bolt_resp = await anyio.to_thread.run_sync(bolt.dispatch, bolt_req,
                                                    limiter=limiters[which])
         return to_starlette_response(bolt_resp)
@@ -114,23 +128,15 @@ def http_app(bolt: BoltApp) -> Starlette:
 
 def main(settings: Settings, *, mode: str, port: int = 3000) -> None:
     """Run the bot until interrupted."""
-    from tunebot.cli import app_for
-
     install_log_filter(settings)
-    core = app_for(settings)
+    core = build_core(settings)
     bolt = build_bolt(settings, core)
     if mode == "socket":
-        from slack_bolt.adapter.socket_mode import SocketModeHandler
-
         if settings.slack_app_token is None:
             raise SystemExit("tunebot: bad setting SLACK_APP_TOKEN: Socket Mode needs an "
                              "app-level token (xapp-…)")
         if bolt.oauth_flow is not None:
             # Events arrive over the socket; the install pages still need HTTP.
-            import threading
-
-            import uvicorn
-
             server = uvicorn.Server(uvicorn.Config(http_app(bolt), host="0.0.0.0", port=port,
                                                    log_level="warning", access_log=False))
             threading.Thread(target=server.run, name="oauth-http", daemon=True).start()
@@ -139,10 +145,6 @@ def main(settings: Settings, *, mode: str, port: int = 3000) -> None:
     if settings.slack_signing_secret is None:
         raise SystemExit("tunebot: bad setting SLACK_SIGNING_SECRET: HTTP mode verifies every "
                          "request with it")
-    import gc
-
-    import uvicorn
-
     # Everything loaded so far lives as long as the process: keep it out of the collector's
     # full passes, which otherwise walk it again and again under load (a pause in the acks).
     gc.collect()

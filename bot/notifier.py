@@ -6,7 +6,6 @@ import logging
 import os
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 
 from slack_sdk import WebClient
@@ -16,16 +15,15 @@ from slack_sdk.http_retry.builtin_handlers import (
     RateLimitErrorRetryHandler,
     ServerErrorRetryHandler,
 )
-from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Engine
 
 from bot.blocks import fallback_text, images, reply_blocks
 from bot.home import refresh_home_quietly
 from bot.oauth import bot_token_for
 from tunebot import jobs
-from tunebot.actions import buttons_for, cancel_button
-from tunebot.db import session_scope
-from tunebot.models import Job, JobEvent, utcnow
+from tunebot.buttons import buttons_for, cancel_button
+from tunebot.jobs import events
+from tunebot.models import Job, JobEvent
 from tunebot.replies import Reply, actions, section
 from tunebot.settings import Settings
 
@@ -75,26 +73,6 @@ def pacer(settings: Settings) -> ChannelPacer:
     return _PACERS[rate]
 
 
-def _claim(engine: Engine, job_id: int, owner: str) -> bool:
-    # One deliverer per job at a time keeps a thread's messages in order and posted once.
-    now = utcnow()
-    with session_scope(engine) as session:
-        res = session.execute(
-            update(Job).where(Job.id == job_id,  # type: ignore[arg-type]
-                              or_(Job.notify_owner.is_(None),  # type: ignore[union-attr]
-                                  Job.notify_until < now))  # type: ignore[operator]
-            .values(notify_owner=owner, notify_until=now + timedelta(seconds=CLAIM_SECONDS))
-        )
-        return res.rowcount == 1  # type: ignore[attr-defined]
-
-
-def _release(engine: Engine, job_id: int, owner: str) -> None:
-    with session_scope(engine) as session:
-        session.execute(update(Job).where(Job.id == job_id,  # type: ignore[arg-type]
-                                          Job.notify_owner == owner)  # type: ignore[arg-type]
-                        .values(notify_owner=None, notify_until=None))
-
-
 def deliver_pending(settings: Settings, engine: Engine, job_id: int,
                     client: WebClient | None = None) -> int:
     """Deliver the job's undelivered events in order; returns how many were delivered.
@@ -103,37 +81,30 @@ def deliver_pending(settings: Settings, engine: Engine, job_id: int,
     what was not delivered stays in SQL.
     """
     if client is None:
-        job = jobs.get(engine, job_id)
+        job = jobs.get(engine=engine, job_id=job_id)
         token = bot_token_for(settings, engine, job.team_id) if job is not None else None
         if token is None:
             log.info("no bot token for job %s's workspace: its events stay in SQL", job_id)
             return 0
         client = make_client(settings, token=token)
     owner = f"{os.uname().nodename}:{os.getpid()}:{threading.get_ident()}"
-    if not _claim(engine, job_id, owner):
+    if not events.claim_delivery(engine=engine, job_id=job_id, owner=owner,
+                                 seconds=CLAIM_SECONDS):
         return 0  # another deliverer is on it; it will pick up our events too
     delivered = 0
     try:
         while True:
-            with session_scope(engine) as session:
-                job = session.get(Job, job_id)
-                ev = session.execute(
-                    select(JobEvent).where(JobEvent.job_id == job_id,  # type: ignore[arg-type]
-                                           JobEvent.delivered_at.is_(None))  # type: ignore[union-attr]
-                    .order_by(JobEvent.seq).limit(1)  # type: ignore[arg-type]
-                ).scalars().first()
+            job, ev = events.next_undelivered(engine=engine, job_id=job_id)
             if job is None or ev is None or not job.channel:
                 return delivered
             slack_ts = _deliver_one(settings, engine, client, job, ev)
-            with session_scope(engine) as session:
-                session.execute(update(JobEvent).where(JobEvent.id == ev.id)  # type: ignore[arg-type]
-                                .values(delivered_at=utcnow(), slack_ts=slack_ts,
-                                        delivery_attempts=JobEvent.delivery_attempts + 1))
+            assert ev.id is not None
+            events.mark_delivered(engine=engine, event_id=ev.id, slack_ts=slack_ts)
             delivered += 1
             if ev.kind == "final":  # the requester's Home tab shows the new result
                 refresh_home_quietly(client, engine, job.team_id, job.requested_by)
     finally:
-        _release(engine, job_id, owner)
+        events.release_delivery(engine=engine, job_id=job_id, owner=owner)
 
 
 def _deliver_one(settings: Settings, engine: Engine, client: WebClient, job: Job,
@@ -186,9 +157,9 @@ def _update_root(client: WebClient, engine: Engine, job: Job, reply: Reply, wait
         job.status_ts = str(resp["ts"])
         if job.thread_ts is None:
             job.thread_ts = job.status_ts  # a slash command's job threads under its root
-        with session_scope(engine) as session:
-            session.execute(update(Job).where(Job.id == job.id)  # type: ignore[arg-type]
-                            .values(status_ts=job.status_ts, thread_ts=job.thread_ts))
+        assert job.id is not None
+        events.record_status_message(engine=engine, job_id=job.id, status_ts=job.status_ts,
+                                     thread_ts=job.thread_ts)
         return job.status_ts
     client.chat_update(channel=job.channel, ts=job.status_ts, text=text, blocks=blocks)
     return job.status_ts

@@ -25,8 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from bot.oauth_tables import SECRET_LENGTH, installation_tables
 from tunebot.crypto import EncryptedString, cipher
-from tunebot.oauth_tables import SECRET_LENGTH, installation_tables
 from tunebot.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+
+from tunebot.access import needs_usergroups
+from tunebot.core import Actor
+from tunebot.settings import Settings
 
 log = logging.getLogger(__name__)
 TTL_SECONDS = 300.0
@@ -51,3 +56,16 @@ class UsergroupCache:
         """The usergroups among `allowed` that `user_id` belongs to."""
         return frozenset(g for g in allowed if is_usergroup(g)
                          and user_id in self.members(client, team_id, g))
+
+
+GROUPS = UsergroupCache()
+
+
+def with_usergroups(client: WebClient | None, actor: Actor, family: str, action: str,
+                    settings: Settings) -> Actor:
+    """The actor with their usergroups among TUNEBOT_FINETUNE_ALLOWED filled in, when the
+    command's policy needs them (usergroups.users.list, cached) — for commands and buttons."""
+    if client is None or not needs_usergroups(family, action, actor, settings):
+        return actor
+    groups = GROUPS.groups_of(client, actor.team_id, actor.user_id, settings.finetune_allowed)
+    return dataclasses.replace(actor, usergroups=groups)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
+import bot.oauth_tables  # noqa: F401  (slack_sdk's OAuth store tables)
 import tunebot.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-import tunebot.oauth_tables  # noqa: F401  (slack_sdk's OAuth store tables)
 from tunebot.db import make_engine
 
 config = context.config

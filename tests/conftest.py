@@ -100,11 +100,11 @@ def wait_final(engine: Engine, job_id: int, timeout: float = 120):  # type: igno
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = jobs.get(engine, job_id)
+        job = jobs.get(engine=engine, job_id=job_id)
         if job is not None and job.status in ("succeeded", "failed", "cancelled"):
             return job
         time.sleep(0.2)
-    raise TimeoutError(f"job {job_id} did not finish: {jobs.get(engine, job_id)}")
+    raise TimeoutError(f"job {job_id} did not finish: {jobs.get(engine=engine, job_id=job_id)}")
 
 
 def make_settings(tmp_path: Path, **over: object) -> Settings:

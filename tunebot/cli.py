@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import logging
+import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from celery import signals
 from sqlalchemy.engine import make_url
 
-from tunebot import jobs as jobs_mod
-from tunebot import migrate
+from tunebot import jobs, migrate
+from tunebot.catalog.files import export_dir, import_dir
 from tunebot.commands import parse
+from tunebot.core import build_core, cli_actor
+from tunebot.datasets.store import add_dataset
 from tunebot.db import make_engine
+from tunebot.demo import run_demo
+from tunebot.dispatch import execute
 from tunebot.errors import UserError
+from tunebot.handlers.common import jobs_table
+from tunebot.jobs.queue import QUEUES, Sender, make_celery
+from tunebot.jobs.reconcile import Reconciler
 from tunebot.logs import install_log_filter
-from tunebot.models import FINAL_STATUSES
-from tunebot.replies import Reply, render_text
-from tunebot.service import Actor, App, execute, jobs_table, list_jobs
+from tunebot.replies import render_text
 from tunebot.settings import Settings, load_settings
+from tunebot.terminal import follow
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="tunebot: prompt catalog, prompt tests and fine-tunes, measured.")
@@ -31,9 +39,6 @@ catalog_cli = typer.Typer(no_args_is_help=True, help="The prompt catalog on disk
 cli.add_typer(catalog_cli, name="catalog")
 dataset_cli = typer.Typer(no_args_is_help=True, help="Datasets (eval sets, training data).")
 cli.add_typer(dataset_cli, name="dataset")
-
-NO_WORKER_SECONDS = 30.0
-
 
 def _settings() -> Settings:
     settings = load_settings()
@@ -46,18 +51,6 @@ def ensure_schema(settings: Settings) -> None:
     """Bring an embedded SQLite database to head; PostgreSQL is migrated by `db upgrade`."""
     if make_url(settings.database_url).get_backend_name() == "sqlite":
         migrate.upgrade(settings.database_url)
-
-
-def app_for(settings: Settings) -> App:
-    """Engine and task sender for a CLI or bot process."""
-    from tunebot.queue import Sender, make_celery
-
-    return App(settings, make_engine(settings.database_url), Sender(make_celery(settings)))
-
-
-def cli_actor(settings: Settings) -> Actor:
-    """The CLI acts as an admin of TUNEBOT_CLI_TEAM."""
-    return Actor(team_id=settings.cli_team, user_id=settings.cli_user, is_admin=True)
 
 
 @db_cli.command("upgrade")
@@ -80,8 +73,6 @@ def catalog_import(
     directory: Annotated[Path, typer.Argument(help="a catalog directory, e.g. prompts/")],
 ) -> None:
     """Register DIR/*.yaml prompts and DIR/datasets/* files; idempotent."""
-    from tunebot.catalog_io import import_dir
-
     settings = _settings()
     ensure_schema(settings)
     actor = cli_actor(settings)
@@ -95,8 +86,6 @@ def catalog_export(
     directory: Annotated[Path, typer.Argument(help="where to write NAME.yaml and datasets/")],
 ) -> None:
     """Write the workspace's prompts and datasets as a catalog directory."""
-    from tunebot.catalog_io import export_dir
-
     settings = _settings()
     ensure_schema(settings)
     report = export_dir(engine=make_engine(settings.database_url), settings=settings,
@@ -110,8 +99,6 @@ def dataset_add(
     file: Annotated[Path, typer.Argument(help="JSONL, CSV or YAML rows")],
 ) -> None:
     """Validate a data file and store it as the dataset's next version."""
-    from tunebot.datasets import add_dataset
-
     settings = _settings()
     ensure_schema(settings)
     actor = cli_actor(settings)
@@ -133,11 +120,6 @@ def worker(
     hostname: Annotated[str, typer.Option(help="Celery node name")] = "",
 ) -> None:
     """Run a Celery worker with a reconciler loop; no --queues serves all three."""
-    from celery import signals
-
-    from tunebot.queue import QUEUES, Sender, make_celery
-    from tunebot.reconciler import Reconciler
-
     settings = _settings()
     install_log_filter(settings)
     chosen = tuple(q.strip() for q in queues.split(",") if q.strip()) or QUEUES
@@ -178,9 +160,6 @@ def worker(
 
 
 def _companion_io_worker(hostname: str) -> None:
-    import atexit
-    import subprocess
-
     name = f"{hostname.split('@')[0]}-io@%h" if hostname else "tunebot-io@%h"
     proc = subprocess.Popen([sys.executable, "-m", "tunebot.cli", "worker", "--queues", "io",
                              "--concurrency", "1", "--hostname", name])
@@ -214,41 +193,6 @@ def bot(
     bot_app.main(settings, mode=mode, port=port)
 
 
-def print_event(job_id: int, reply: Reply, kind: str) -> None:
-    """Print one thread message the way the CLI shows a job's thread."""
-    if kind in ("status", "final"):
-        typer.echo(f"[#{job_id}] {reply.status or reply.text}")
-    else:
-        typer.echo(render_text(reply))
-
-
-def follow(app: App, job_id: int, *, poll: float = 0.3) -> int:
-    """Print a job's events as they arrive; 0 when it succeeded, 1 otherwise."""
-    seen = 0
-    started = time.monotonic()
-    warned = False
-    while True:
-        for ev in jobs_mod.events(app.engine, job_id, seen):
-            seen = ev.seq
-            print_event(job_id, Reply.from_dict(ev.payload), ev.kind)
-        job = jobs_mod.get(app.engine, job_id)
-        assert job is not None
-        if job.status in FINAL_STATUSES:
-            # Final events are written right after the status; drain what is left.
-            time.sleep(poll)
-            for ev in jobs_mod.events(app.engine, job_id, seen):
-                seen = ev.seq
-                print_event(job_id, Reply.from_dict(ev.payload), ev.kind)
-            return 0 if job.status == "succeeded" else 1
-        if (job.status == "queued" and job.attempt == 0 and not warned
-                and time.monotonic() - started > NO_WORKER_SECONDS):
-            warned = True
-            typer.echo(f"No worker has taken job #{job_id} in {NO_WORKER_SECONDS:.0f} s. "
-                       f"Start one in another terminal: `tunebot worker --queues {job.queue}` "
-                       "(or `make demo`). Still waiting…", err=True)
-        time.sleep(poll)
-
-
 @cli.command()
 def run(
     text: Annotated[str, typer.Argument(help='command text, e.g. "/prompt list"')],
@@ -266,7 +210,7 @@ def run(
         typer.echo(f"tunebot: no such file: {file}", err=True)
         raise typer.Exit(2)
     ensure_schema(settings)
-    app = app_for(settings)
+    app = build_core(settings)
     outcome = execute(cmd, cli_actor(settings), app, file)
     out = render_text(outcome.reply)
     typer.echo(out, err=outcome.reply.error)
@@ -282,16 +226,16 @@ def jobs_cmd() -> None:
     """List the CLI workspace's recent jobs."""
     settings = _settings()
     ensure_schema(settings)
-    app = app_for(settings)
-    typer.echo(render_text(jobs_table(list_jobs(app, cli_actor(settings)))))
+    app = build_core(settings)
+    typer.echo(render_text(jobs_table(jobs.list_jobs(engine=app.engine,
+                                                    team_id=settings.cli_team))))
 
 
 @cli.command()
 def demo() -> None:
     """Run the main job end to end on the embedded defaults, printing each thread."""
     settings = _settings()
-    demo_mod = importlib.import_module("tunebot.demo")
-    raise typer.Exit(demo_mod.run_demo(settings))
+    raise typer.Exit(run_demo(settings))
 
 
 def main() -> None:

@@ -64,14 +64,17 @@ class Spec:
     flags: tuple[str, ...] = ()
     any_params: bool = False  # free k=v pairs (render variables, fine-tune hyperparameters)
     job: bool = False  # whether it creates a job (needs an idempotency key)
+    policy: str = "anyone"  # who may run it: anyone, admin, or finetune (the allow-list)
+    form: bool = False  # in Slack it opens the prompt form instead of answering in text
 
 
 SPECS: dict[tuple[str, str], Spec] = {
     ("prompt", "list"): Spec("/prompt list [QUERY]", ("QUERY*",)),
     ("prompt", "show"): Spec("/prompt show REF", ("REF",)),
-    ("prompt", "new"): Spec("/prompt new  (with a YAML file, or the form in Slack)"),
+    ("prompt", "new"): Spec("/prompt new  (with a YAML file, or the form in Slack)",
+                            form=True),
     ("prompt", "edit"): Spec("/prompt edit NAME  (with a YAML file, or the form in Slack)",
-                             ("NAME",)),
+                             ("NAME",), form=True),
     ("prompt", "history"): Spec("/prompt history NAME", ("NAME",)),
     ("prompt", "diff"): Spec("/prompt diff REF REF", ("REF", "REF2")),
     ("prompt", "label"): Spec("/prompt label REF LABEL", ("REF", "LABEL")),
@@ -93,7 +96,7 @@ SPECS: dict[tuple[str, str], Spec] = {
     ("dataset", "delete"): Spec("/dataset delete NAME", ("NAME",)),
     ("finetune", "start"): Spec(
         "/finetune start M on DATASET [prompt=REF] [template=minimal|full] [name=N] [k=v…]",
-        ("M", "on", "DATASET"), any_params=True, job=True),
+        ("M", "on", "DATASET"), any_params=True, job=True, policy="finetune"),
     ("finetune", "estimate"): Spec(
         "/finetune estimate M on DATASET [prompt=REF] [template=minimal|full] [k=v…]",
         ("M", "on", "DATASET"), any_params=True, job=True),
@@ -102,7 +105,7 @@ SPECS: dict[tuple[str, str], Spec] = {
     ("finetune", "cancel"): Spec("/finetune cancel JOB", ("JOB",)),
     ("model", "list"): Spec("/model list"),
     ("model", "show"): Spec("/model show NAME", ("NAME",)),
-    ("model", "label"): Spec("/model label NAME@V LABEL", ("REF", "LABEL")),
+    ("model", "label"): Spec("/model label NAME@V LABEL", ("REF", "LABEL"), policy="admin"),
     ("compare", "vs"): Spec(
         "/compare REF vs M on DATASET [hybrid] [traffic=N/day]",
         ("REF", "vs", "M", "on", "DATASET"), {"traffic": Param(str)}, ("hybrid",), job=True),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,12 +13,14 @@ from pathlib import Path
 
 import typer
 
-from tunebot import migrate
-from tunebot.cli import app_for, cli_actor, follow
+from tunebot import jobs, migrate
+from tunebot.catalog.files import import_dir
 from tunebot.commands import parse
+from tunebot.core import build_core, cli_actor
+from tunebot.dispatch import execute
 from tunebot.replies import render_text
-from tunebot.service import execute
 from tunebot.settings import Settings
+from tunebot.terminal import follow
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ def wait_ready(log_path: Path, proc: subprocess.Popen[bytes], timeout: float = 1
 
 def run_steps(settings: Settings, steps: tuple[Step, ...]) -> int:
     """Execute each step as the CLI user and follow its job; returns the number of failures."""
-    app = app_for(settings)
+    app = build_core(settings)
     actor = cli_actor(settings)
     failures = 0
     for step in steps:
@@ -88,9 +91,7 @@ def run_steps(settings: Settings, steps: tuple[Step, ...]) -> int:
 
 def import_catalog(settings: Settings) -> None:
     """Load the starter catalog (idempotent) as the CLI workspace."""
-    from tunebot.catalog_io import import_dir
-
-    app = app_for(settings)
+    app = build_core(settings)
     actor = cli_actor(settings)
     typer.secho(f"\n{actor.user_id}:  tunebot catalog import prompts/", bold=True)
     report = import_dir(engine=app.engine, settings=settings, team_id=actor.team_id,
@@ -100,12 +101,9 @@ def import_catalog(settings: Settings) -> None:
 
 def _finale(settings: Settings) -> int:
     """Copy the comparison chart under var/ and repeat the recommendation last."""
-    import shutil
-
-    from tunebot.service import list_jobs
-
-    app = app_for(settings)
-    done = [j for j in list_jobs(app, cli_actor(settings), kinds=("compare",))
+    app = build_core(settings)
+    done = [j for j in jobs.list_jobs(engine=app.engine, team_id=settings.cli_team,
+                                      kinds=("compare",))
             if j.status == "succeeded"]
     if not done:
         typer.secho("no comparison finished", fg="red")

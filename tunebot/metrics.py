@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
 from tunebot.db import session_scope
@@ -76,3 +76,11 @@ class MultiLogger:
         """Record values at a step on every logger."""
         for logger in self.loggers:
             logger.log(step, **values)
+
+
+def latest_metrics(*, engine: Engine, job_id: int) -> dict[str, tuple[int, float]]:
+    """Each metric's latest (step, value) for a job."""
+    with session_scope(engine) as session:
+        rows = session.execute(select(Metric).where(Metric.job_id == job_id)  # type: ignore[arg-type]
+                               .order_by(Metric.step)).scalars().all()  # type: ignore[arg-type]
+        return {m.name: (m.step, m.value) for m in rows}

@@ -6,8 +6,10 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, text
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, event, text
 from sqlmodel import Field, SQLModel
+
+from tunebot.errors import UserError
 
 
 def utcnow() -> datetime:
@@ -262,4 +264,14 @@ class PendingUpload(SQLModel, table=True):
     used_at: datetime | None = None
 
 
-import tunebot.oauth_tables  # noqa: E402,F401  (the Slack OAuth stores share this metadata)
+# Invariants live with the tables, so every process that can write a PromptVersion has them
+# (a worker that only runs prompt tests never imports the catalog).
+@event.listens_for(PromptVersion, "before_update")
+def _refuse_update(mapper: Any, connection: Any, target: PromptVersion) -> None:
+    raise UserError(f"prompt versions are immutable (version {target.version}); "
+                    "save a new version instead")
+
+
+@event.listens_for(PromptVersion, "before_delete")
+def _refuse_delete(mapper: Any, connection: Any, target: PromptVersion) -> None:
+    raise UserError("prompt versions are never deleted; delete the prompt (soft) instead")

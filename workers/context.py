@@ -49,11 +49,12 @@ class JobContext:
         """Post a message in the job's thread (recorded in SQL first)."""
         if isinstance(reply, str):
             reply = Reply(text=reply)
-        jobs.emit(self.engine, self.job_id, reply, self.waker)
+        jobs.emit(engine=self.engine, job_id=self.job_id, reply=reply, waker=self.waker)
 
     def status(self, line: str) -> None:
         """Change the job's root status line."""
-        jobs.emit(self.engine, self.job_id, Reply(text=line, status=line), self.waker,
+        jobs.emit(engine=self.engine, job_id=self.job_id, reply=Reply(text=line, status=line),
+                  waker=self.waker,
                   kind="status")
 
     def progress(self, fraction: float, text: str, *, every: float = 0.1,

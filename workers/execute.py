@@ -18,24 +18,13 @@ from workers.context import JobContext, owner_id
 
 log = logging.getLogger(__name__)
 
-# kind → "module:Class"; imported on first use so a worker loads only what it runs.
-RUNNERS = {
-    "noop": "workers.runners.noop:NoopRunner",
-    "prompt_test": "workers.runners.prompt_test:PromptTestRunner",
-    "prompt_compare": "workers.runners.prompt_test:PromptTestRunner",
-    "compare": "workers.runners.compare:CompareRunner",
-    "data_check": "workers.runners.data_check:DataCheckRunner",
-    "finetune_estimate": "workers.runners.data_check:DataCheckRunner",
-    "finetune": "workers.runners.finetune:FinetuneRunner",
-}
-
-
 def runner_class(kind: str) -> type:
     """The runner class for a job kind."""
-    try:
-        module, _, name = RUNNERS[kind].partition(":")
-    except KeyError:
-        raise JobError(f"this worker has no runner for jobs of kind {kind!r}") from None
+    job_kind = jobs.KINDS.get(kind)
+    if job_kind is None:
+        raise JobError(f"this worker has no runner for jobs of kind {kind!r}")
+    # Runners are imported on first use, so a worker loads only what it runs.
+    module, _, name = job_kind.runner.partition(":")
     return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
 
@@ -52,8 +41,9 @@ class Heartbeat(threading.Thread):
         s = self.ctx.settings
         while not self._stop_event.wait(s.heartbeat_seconds):
             try:
-                state = jobs.renew_lease(self.ctx.engine, self.ctx.job_id, self.ctx.owner,
-                                         s.lease_seconds)
+                state = jobs.renew_lease(engine=self.ctx.engine, job_id=self.ctx.job_id,
+                                         owner=self.ctx.owner,
+                                         lease_seconds=s.lease_seconds)
             except Exception as exc:  # database briefly away: the lease covers a few misses
                 log.warning("heartbeat for job %s failed: %s", self.ctx.job_id, exc)
                 continue
@@ -71,13 +61,14 @@ class Heartbeat(threading.Thread):
 def execute_job(settings: Settings, engine: Engine, waker: jobs.Waker | None,
                 job_id: int) -> str:
     """Execute a job once if it can be taken; returns what happened (for logs and tests)."""
-    job = jobs.get(engine, job_id)
+    job = jobs.get(engine=engine, job_id=job_id)
     if job is None:
         return "missing"
     if job.status in FINAL_STATUSES:
         return "already-final"
     owner = owner_id()
-    taken = jobs.take_lease(engine, job_id, owner, settings.lease_seconds)
+    taken = jobs.take_lease(engine=engine, job_id=job_id, owner=owner,
+                            lease_seconds=settings.lease_seconds)
     if taken is None:
         return "not-taken"
     ctx = JobContext(job=taken, settings=settings, engine=engine, waker=waker, owner=owner)
@@ -108,7 +99,8 @@ def execute_job(settings: Settings, engine: Engine, waker: jobs.Waker | None,
     line = f"{icon} {title} · #{job_id} · {status}"
     final = Reply(text=line + (f": {error}" if error else ""), status=line,
                   error=status == "failed")
-    if not jobs.finish(engine, job_id, owner, status, error=error, result=result, final=final,
+    if not jobs.finish(engine=engine, job_id=job_id, owner=owner, status=status, error=error,
+                       result=result, final=final,
                        waker=waker):
         return "lease-lost"
     return status

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from celery import Task, shared_task
 
-from tunebot.queue import GPU_TASK, INFERENCE_TASK
-from tunebot.worker_state import process_state
+from tunebot.jobs.queue import GPU_TASK, INFERENCE_TASK
+from tunebot.jobs.worker_state import process_state
 from workers.execute import execute_job
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from slack_bolt import App as BoltApp
 
 from bot.listeners import actions, commands, files, home, mentions, modals
-from tunebot.service import App
+from tunebot.core import Core
 
 
-def register(app: BoltApp, core: App) -> None:
+def register(app: BoltApp, core: Core) -> None:
     """Register every listener."""
     commands.register(app, core)
     mentions.register(app, core)

@@ -10,15 +10,16 @@ from slack_bolt import App as BoltApp
 from slack_sdk import WebClient
 
 from bot.blocks import fallback_text
-from bot.listeners.common import GROUPS, actor_for, failure_reply
-from tunebot.actions import CANCEL, COMPARE_PRODUCTION, PROMOTE, RERUN, run_action
+from bot.listeners.common import actor_for, failure_reply
+from bot.usergroups import with_usergroups
+from tunebot.buttons import CANCEL, COMPARE_PRODUCTION, PROMOTE, RERUN, run_action
+from tunebot.core import Core
 from tunebot.replies import Reply
-from tunebot.service import App
 
 JOB_BUTTONS = re.compile(f"^({RERUN}|{CANCEL}|{PROMOTE}|{COMPARE_PRODUCTION})$")
 
 
-def register(app: BoltApp, core: App) -> None:
+def register(app: BoltApp, core: Core) -> None:
     """Register the job buttons."""
 
     @app.action(JOB_BUTTONS)
@@ -38,11 +39,10 @@ def register(app: BoltApp, core: App) -> None:
         actor = actor_for(core, team_id=team, user_id=user, channel=channel, thread_ts=None,
                           response_url=body.get("response_url"), key=None)
         actor.active_key = active
-        allowed = core.settings.finetune_allowed
-        if action_id == RERUN and allowed and user not in allowed:
-            actor.usergroups = GROUPS.groups_of(client, team, user, allowed)
         try:
-            outcome = run_action(action_id, action.get("value", ""), actor, core)
+            outcome = run_action(action_id, action.get("value", ""), actor, core,
+                                 lambda who, fam, act: with_usergroups(client, who, fam, act,
+                                                                       core.settings))
             reply = outcome.reply
         except Exception as exc:  # answer, never crash
             reply = failure_reply(exc, "button")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from slack_bolt import Ack
+from slack_bolt import Ack, BoltContext
 from slack_bolt import App as BoltApp
 from slack_sdk import WebClient
 
@@ -14,27 +14,30 @@ from bot.files import PENDING_MINUTES, expect_upload
 from bot.listeners.common import UNAVAILABLE, actor_for, job_reply, run
 from bot.listeners.modals import open_prompt_form
 from tunebot.commands import parse
+from tunebot.core import Core
 from tunebot.errors import UserError
 from tunebot.replies import error
-from tunebot.service import App
 
-FORMS = {("prompt", "new"), ("prompt", "edit")}
+# The HTTP front door parses a slash command once to route it (bot.app.route) and leaves the
+# result in the request's context under this key; Socket Mode requests are parsed here.
+PARSED = "tunebot_command"
 COMMANDS = re.compile(r"^/(prompt|dataset|finetune|model|compare|tunebot)$")
 
 
-def register(app: BoltApp, core: App) -> None:
+def register(app: BoltApp, core: Core) -> None:
     """Register the slash-command listener."""
 
     @app.command(COMMANDS)
-    def on_command(ack: Ack, command: dict[str, Any], client: WebClient) -> None:
-        """Parse, run (SQL only, fast), and answer in the ack itself."""
+    def on_command(ack: Ack, command: dict[str, Any], client: WebClient,
+                   context: BoltContext) -> None:
+        """Parse (unless routing did), run (SQL only, fast), and answer in the ack itself."""
         family = command["command"].lstrip("/")
         try:
-            cmd = parse(command.get("text", ""), family=family)
+            cmd = context.get(PARSED) or parse(command.get("text", ""), family=family)
         except UserError as exc:
             reply = error(str(exc), exc.usage)
         else:
-            if (cmd.family, cmd.action) in FORMS and command.get("trigger_id"):
+            if cmd.spec.form and command.get("trigger_id"):
                 ack()  # the form opens within the trigger's 3 seconds
                 open_prompt_form(client, core, cmd, command)
                 return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -10,17 +9,18 @@ from redis.exceptions import RedisError
 from slack_sdk import WebClient
 from sqlalchemy.exc import DBAPIError
 
-from bot.usergroups import UsergroupCache
+from bot.usergroups import with_usergroups
 from tunebot.commands import Command
+from tunebot.core import Actor, Core, Outcome
+from tunebot.dispatch import execute
 from tunebot.replies import Reply, error
-from tunebot.service import POLICY, Actor, App, Outcome, execute
 
 log = logging.getLogger(__name__)
 UNAVAILABLE = ("tunebot is temporarily unavailable (its database or queue is not answering); "
                "nothing was started — please try again in a minute.")
 
 
-def actor_for(core: App, *, team_id: str, user_id: str, channel: str | None,
+def actor_for(core: Core, *, team_id: str, user_id: str, channel: str | None,
               thread_ts: str | None, response_url: str | None, key: str | None) -> Actor:
     """The actor of a Slack request; admins come from TUNEBOT_ADMINS."""
     return Actor(team_id=team_id, user_id=user_id, is_admin=core.settings.is_admin(user_id),
@@ -28,20 +28,13 @@ def actor_for(core: App, *, team_id: str, user_id: str, channel: str | None,
                  idempotency_key=key)
 
 
-GROUPS = UsergroupCache()
-
-
-def run(cmd: Command, actor: Actor, core: App, client: WebClient | None = None) -> Outcome:
+def run(cmd: Command, actor: Actor, core: Core, client: WebClient | None = None) -> Outcome:
     """Execute a command; an outage becomes a plain 'temporarily unavailable' answer.
 
     For commands limited to TUNEBOT_FINETUNE_ALLOWED, the actor's usergroups among those ids
     are looked up first (usergroups.users.list, cached).
     """
-    allowed = core.settings.finetune_allowed
-    if client is not None and allowed and POLICY.get((cmd.family, cmd.action)) == "finetune" \
-            and actor.user_id not in allowed:
-        actor = dataclasses.replace(actor, usergroups=GROUPS.groups_of(
-            client, actor.team_id, actor.user_id, allowed))
+    actor = with_usergroups(client, actor, cmd.family, cmd.action, core.settings)
     try:
         return execute(cmd, actor, core)
     except Exception as exc:

@@ -15,9 +15,10 @@ from bot.blocks import fallback_text, reply_blocks
 from bot.files import download, requested_name, staging_dir, take_pending
 from bot.listeners.common import actor_for, failure_reply
 from tunebot.commands import parse
+from tunebot.core import Core
+from tunebot.dispatch import execute
 from tunebot.errors import UserError
 from tunebot.replies import Reply, error
-from tunebot.service import App, execute
 
 log = logging.getLogger(__name__)
 UPLOADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dataset-upload")
@@ -30,7 +31,7 @@ def _logged(fn: Any) -> None:
         log.exception("dataset upload failed")
 
 
-def register(app: BoltApp, core: App) -> None:
+def register(app: BoltApp, core: Core) -> None:
     """Register the file_share listener (and quietly accept other messages)."""
 
     @app.event({"type": "message", "subtype": "file_share"})
@@ -63,7 +64,7 @@ def register(app: BoltApp, core: App) -> None:
         """Other messages need no answer (tunebot answers mentions and commands)."""
 
 
-def ingest(client: WebClient, core: App, files: list[dict[str, Any]], *, team: str, user: str,
+def ingest(client: WebClient, core: Core, files: list[dict[str, Any]], *, team: str, user: str,
            channel: str, name: str) -> Reply:
     """Download the (single) file and run `/dataset add NAME` on it."""
     if len(files) != 1:

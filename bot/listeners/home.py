@@ -10,10 +10,10 @@ from slack_bolt import App as BoltApp
 from slack_sdk import WebClient
 
 from bot.home import HOME_PAGE, publish_home
-from tunebot.service import App
+from tunebot.core import Core
 
 
-def register(app: BoltApp, core: App) -> None:
+def register(app: BoltApp, core: Core) -> None:
     """Register the Home tab listeners."""
 
     @app.event("app_home_opened")

@@ -12,9 +12,9 @@ from slack_sdk import WebClient
 from bot.blocks import fallback_text, reply_blocks
 from bot.listeners.common import actor_for, job_reply, run
 from tunebot.commands import parse
+from tunebot.core import Core
 from tunebot.errors import UserError
 from tunebot.replies import error
-from tunebot.service import App
 
 MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
 
@@ -27,7 +27,7 @@ def _retry_num(request: BoltRequest) -> int:
         return 0
 
 
-def register(app: BoltApp, core: App) -> None:
+def register(app: BoltApp, core: Core) -> None:
     """Register the app_mention listener."""
 
     @app.event("app_mention")

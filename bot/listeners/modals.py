@@ -14,14 +14,14 @@ from bot.blocks import escape
 from bot.modals import CALLBACK, loading_view, message_view, prompt_form, submission
 from tunebot import catalog
 from tunebot.commands import Command
+from tunebot.core import Core
 from tunebot.db import session_scope
 from tunebot.errors import UserError
-from tunebot.service import App
 
 log = logging.getLogger(__name__)
 
 
-def open_prompt_form(client: WebClient, core: App, cmd: Command, command: dict[str, Any]) -> None:
+def open_prompt_form(client: WebClient, core: Core, cmd: Command, command: dict[str, Any]) -> None:
     """Open a loading modal inside the trigger's 3 seconds, then replace it with the form."""
     mode = cmd.action
     name = cmd.args.get("name") if mode == "edit" else None
@@ -43,7 +43,7 @@ def open_prompt_form(client: WebClient, core: App, cmd: Command, command: dict[s
     client.views_update(view_id=view["id"], hash=view.get("hash"), view=form)
 
 
-def register(app: BoltApp, core: App) -> None:
+def register(app: BoltApp, core: Core) -> None:
     """Register the form's submission handler."""
 
     @app.view(CALLBACK)

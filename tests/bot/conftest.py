@@ -29,8 +29,7 @@ from tests.slack_api.payloads import (
 )
 from tests.slack_api.server import SlackAPIServer
 from tunebot import migrate
-from tunebot.cli import app_for
-from tunebot.service import App
+from tunebot.core import Core, build_core
 from tunebot.settings import Settings
 
 SECRET = "test-signing-secret"
@@ -67,7 +66,7 @@ class Served:
 class BotServer(Served):
     """The HTTP bot; `url` is its /slack/events."""
 
-    def __init__(self, settings: Settings, core: App) -> None:
+    def __init__(self, settings: Settings, core: Core) -> None:
         super().__init__(http_app(build_bolt(settings, core)))
         self.url = f"{self.base_url}/slack/events"
 
@@ -78,7 +77,7 @@ class Stack:
 
     slack: SlackAPIServer
     settings: Settings
-    core: App
+    core: Core
     bot: BotServer
 
     def post(self, body: bytes, *, secret: str = SECRET, **kw: object) -> httpx.Response:
@@ -107,7 +106,7 @@ def running_stack(tmp_path: Path, start_worker, redis_url: str, *, queues: str =
         migrate.upgrade(settings.database_url)
         if start_worker is not None:
             start_worker(settings, queues)
-        core = app_for(settings)
+        core = build_core(settings)
         bot = BotServer(settings, core)
         try:
             yield Stack(slack, settings, core, bot)

@@ -78,7 +78,7 @@ def test_buttons_on_a_prompt_test(tmp_path: Path, start_worker, redis_url: str,
         click(stack, final, "prompt_compare_production")
         said = told(stack, "U0ALICE", n)
         assert "Queued" in said, said
-        cmp_job = jobs.get(stack.core.engine, job_id_of({"text": said}))
+        cmp_job = jobs.get(engine=stack.core.engine, job_id=job_id_of({"text": said}))
         assert cmp_job.kind == "prompt_compare"
         assert [c["version"] for c in cmp_job.params["candidates"]] == [1, 2]
         root, replies = thread_of(stack, cmp_job.id)
@@ -102,7 +102,7 @@ def test_double_click_rerun_makes_one_job_and_cancel_stops_it(tmp_path: Path, st
         stack.slack.wait_for(lambda: job_total(stack) == 2 or None, timeout=15)
         time.sleep(1.0)
         assert job_total(stack) == 2
-        second = jobs.get(stack.core.engine, 2)
+        second = jobs.get(engine=stack.core.engine, job_id=2)
         assert second.kind == "noop" and second.params == {"seconds": 0.2}
         thread_of(stack, 2)
         # After that job ended, the same button starts another.
@@ -111,10 +111,11 @@ def test_double_click_rerun_makes_one_job_and_cancel_stops_it(tmp_path: Path, st
 
         # Cancel job, from a running job's status message.
         long = job_id_of(stack.slash("ping seconds=30").json())
-        stack.slack.wait_for(lambda: jobs.get(stack.core.engine, long).status == "running"
+        stack.slack.wait_for(lambda: jobs.get(engine=stack.core.engine,
+                                              job_id=long).status == "running"
                              or None, timeout=30)
         root = stack.slack.wait_for(
-            lambda: (j := jobs.get(stack.core.engine, long)).status_ts and (
+            lambda: (j := jobs.get(engine=stack.core.engine, job_id=long)).status_ts and (
                 m := stack.slack.message(CHANNEL, j.status_ts)) and "job_cancel" in buttons(m)
             and m, timeout=20)
         n = len(stack.slack.ephemerals(CHANNEL, "U0BOB"))

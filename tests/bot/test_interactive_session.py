@@ -45,14 +45,14 @@ def test_form_file_buttons_and_home(tmp_path: Path, start_worker, redis_url: str
             jid = job_id_of(stack.slash(f"test colours@{version} on colours-eval",
                                         command="/prompt").json())
             final = final_message(stack, jid)
-            scores[version] = (jobs.get(stack.core.engine, jid).result["summaries"][0]
+            scores[version] = (jobs.get(engine=stack.core.engine, job_id=jid).result["summaries"][0]
                                ["accuracy"], final)
         before = len(stack.slack.ephemerals(CHANNEL, "U0ALICE"))
         click(stack, scores[1][1], "job_rerun")
         rerun = job_id_of({"text": told(stack, "U0ALICE", before)})
         root, _ = thread_of(stack, rerun)
         assert "succeeded" in root["text"]
-        again = jobs.get(stack.core.engine, rerun).result["summaries"][0]["accuracy"]
+        again = jobs.get(engine=stack.core.engine, job_id=rerun).result["summaries"][0]["accuracy"]
         assert again == scores[1][0]  # greedy: the same answers again
 
         # Promote the winner (ties go to the newer version) with its button.

@@ -65,7 +65,7 @@ def thread_of(stack: Stack, job_id: int, timeout: float = 300) -> tuple[dict, li
     """Wait until the job is final and every event it wrote reached Slack; (root, replies)."""
     deadline = time.monotonic() + timeout
     while True:
-        job = jobs.get(stack.core.engine, job_id)
+        job = jobs.get(engine=stack.core.engine, job_id=job_id)
         with Session(stack.core.engine) as s:
             pending = s.execute(select(JobEvent.id).where(JobEvent.job_id == job_id,
                                                           JobEvent.delivered_at.is_(None))  # type: ignore[union-attr]
@@ -97,7 +97,8 @@ def script(stack: Stack, client: Client, model: Path) -> None:
         assert answer.get("response_type") == "ephemeral"
         jid = job_id_of(answer)
         root, replies = thread_of(stack, jid)
-        assert root["text"].split(" ", 1)[1].startswith(f"{jobs.get(stack.core.engine, jid).title}"
+        title = jobs.get(engine=stack.core.engine, job_id=jid).title
+        assert root["text"].split(" ", 1)[1].startswith(f"{title}"
                                                         f" · #{jid} · {expect}"), root["text"]
         return jid, root, texts(replies)
 

@@ -40,7 +40,7 @@ def test_quota_refuses_the_extra_job_naming_the_active_ones(tmp_path: Path, star
         # Someone else is not affected; cancelling one of Bob's frees a slot for him.
         assert "Queued" in stack.slash("ping", user_id="U0CAROL").json()["text"]
         assert "Job #1 cancelled." in said(stack.slash("cancel 1", user_id="U0BOB").json())
-        assert jobs.get(stack.core.engine, 1).status == "cancelled"
+        assert jobs.get(engine=stack.core.engine, job_id=1).status == "cancelled"
         # The cancelled job's root message says so (it never ran, the notifier still told).
         stack.slack.wait_for(lambda: any(m.get("text", "").startswith("⏹ 🏓 ping · #1 · cancelled")
                                          for m in stack.slack.messages("C0CHANNEL")) or None,

@@ -52,5 +52,5 @@ def started_counts(engine) -> dict[int, int]:  # type: ignore[no-untyped-def]
 
 def reply_texts(engine, job_id: int) -> list[str]:  # type: ignore[no-untyped-def]
     """A job's thread replies as recorded in SQL (status events update the root instead)."""
-    return [Reply.from_dict(e.payload).text for e in jobs.events(engine, job_id)
+    return [Reply.from_dict(e.payload).text for e in jobs.read_events(engine=engine, job_id=job_id)
             if e.kind in ("reply", "final")]

@@ -11,7 +11,7 @@ from tests.conftest import make_settings
 from tests.reliability.conftest import Report, size
 from tests.reliability.stack import all_jobs, started_counts
 from tunebot import jobs
-from tunebot.cli import app_for
+from tunebot.core import build_core
 from tunebot.models import FINAL_STATUSES
 
 
@@ -31,7 +31,7 @@ def test_broker_restart_loses_no_job_and_runs_none_twice(tmp_path: Path, private
                              heartbeat_seconds=1.0, reconcile_seconds=1.0,
                              max_jobs_per_user=100_000)
     worker = start_worker(settings, "inference")
-    app = app_for(settings)
+    app = build_core(settings)
     ids = []
     for i in range(n):
         sub = jobs.submit(engine=app.engine, waker=app.waker, team_id="T0TEAM", kind="noop",

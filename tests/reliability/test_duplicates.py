@@ -24,7 +24,7 @@ from tests.slack_api.payloads import (
     slash_command_body,
 )
 from tunebot import catalog, datasets, jobs
-from tunebot.actions import RERUN
+from tunebot.buttons import RERUN
 from tunebot.db import session_scope
 from tunebot.models import Job
 

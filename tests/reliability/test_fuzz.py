@@ -24,10 +24,11 @@ from tests.conftest import make_settings
 from tests.reliability.conftest import Report, size
 from tunebot import catalog, datasets, hyperparams, migrate, templates
 from tunebot.commands import FAMILIES, SPECS, parse
+from tunebot.core import Actor, Core
 from tunebot.db import make_engine, session_scope
+from tunebot.dispatch import execute
 from tunebot.errors import UserError
 from tunebot.models import Dataset, Job
-from tunebot.service import Actor, App, execute
 
 FUZZ = settings(max_examples=size(50, 500), deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
@@ -42,7 +43,7 @@ TRACEBACK_MARKS = ("Traceback", "File \"", "Error(", "object at 0x")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[App, Path]]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Core, Path]]:
     """A migrated SQLite workspace with one prompt and one dataset; no broker."""
     tmp = tmp_path_factory.mktemp("fuzz")
     s = make_settings(tmp, max_rows=MAX_ROWS, max_jobs_per_user=100_000)
@@ -56,7 +57,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[App, Path]
                             for i in range(6)))
     datasets.add_dataset(engine=engine, settings=s, team_id=TEAM, name="triage-eval",
                          path=data, user="U0ALICE")
-    yield App(s, engine, None), tmp
+    yield Core(s, engine, None), tmp
     engine.dispose()
 
 
@@ -360,7 +361,7 @@ def bad_file(draw: Any) -> tuple[str, str, bytes, int | None]:
         codecs.encode(text, "utf-8", "surrogatepass"), None
 
 
-def _count(app: App, table: Any, team: str = TEAM) -> int:
+def _count(app: Core, table: Any, team: str = TEAM) -> int:
     with Session(app.engine) as s:
         return int(s.execute(select(func.count()).select_from(table)
                              .where(table.team_id == team)).scalar_one())

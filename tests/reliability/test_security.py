@@ -23,12 +23,13 @@ from tests.reliability.stack import job_count, running_stack
 from tests.slack_api.payloads import signature, slash_command_body
 from tunebot import catalog, datasets, jobs, migrate, registry, templates
 from tunebot.commands import parse
+from tunebot.core import Actor, Core, Outcome
 from tunebot.db import make_engine, session_scope
+from tunebot.dispatch import execute
 from tunebot.errors import UserError
 from tunebot.logs import install_log_filter
 from tunebot.models import Dataset, Job, Label, ModelVersion, Prompt
 from tunebot.replies import Reply
-from tunebot.service import Actor, App, Outcome, execute
 
 PROMPT = {"messages": [{"role": "user", "content": "Ticket: {{ ticket }}"}],
           "variables": {"ticket": "the ticket text"},
@@ -88,12 +89,12 @@ def test_forged_missing_and_stale_signatures_are_rejected(
             stack.slack.fail_next(1, status=500, methods=["chat.postMessage"])
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                rows = jobs.events(stack.core.engine, 1)
+                rows = jobs.read_events(engine=stack.core.engine, job_id=1)
                 if rows and all(e.delivered_at is not None for e in rows) and \
-                        jobs.get(stack.core.engine, 1).status == "succeeded":
+                        jobs.get(engine=stack.core.engine, job_id=1).status == "succeeded":
                     break
                 time.sleep(0.3)
-            ran = jobs.get(stack.core.engine, 1).status
+            ran = jobs.get(engine=stack.core.engine, job_id=1).status
             faults = len(stack.slack.rejected)
             worker_log = "".join(p.read_text(errors="replace")
                                  for p in tmp_path.glob("worker-*.log"))
@@ -236,7 +237,7 @@ def _shown(reply: Reply) -> str:
 def test_user_text_cannot_ping_or_link(tmp_path: Path, report: Report) -> None:
     settings = make_settings(tmp_path, max_jobs_per_user=100_000)
     migrate.upgrade(settings.database_url)
-    app = App(settings, make_engine(settings.database_url), None)
+    app = Core(settings, make_engine(settings.database_url), None)
     actor = Actor(team_id="T0TEAM", user_id="U0EVE", channel="C0X")
     evil = " ".join(INJECT)
     with session_scope(app.engine) as s:
@@ -266,7 +267,7 @@ def test_user_text_cannot_ping_or_link(tmp_path: Path, report: Report) -> None:
     # A job's thread is built from user text too (titles, replies quoting rows).
     sub = jobs.submit(engine=app.engine, waker=None, team_id="T0TEAM", kind="noop",
                       requested_by="U0EVE", params={}, title=evil, channel="C0X")
-    for ev in jobs.events(app.engine, sub.job.id) or []:
+    for ev in jobs.read_events(engine=app.engine, job_id=sub.job.id) or []:
         if any(r in _shown(Reply.from_dict(ev.payload)) for r in RAW):
             leaks.append(("job event", ev.payload))
     thread = _shown(Reply(text=f"Started {evil}", status=evil))
@@ -290,7 +291,7 @@ SECRET_NAMES = ("secret-prompt", "secret-data", "secret-model", "secret job")
 def two_teams(tmp_path: Path):  # type: ignore[no-untyped-def]
     settings = make_settings(tmp_path, max_jobs_per_user=100_000)
     migrate.upgrade(settings.database_url)
-    app = App(settings, make_engine(settings.database_url), None)
+    app = Core(settings, make_engine(settings.database_url), None)
     for team, prefix in ((A, "secret"), (B, "mine")):
         with session_scope(app.engine) as s:
             catalog.save_version(session=s, team_id=team, name=f"{prefix}-prompt",
@@ -313,7 +314,7 @@ def two_teams(tmp_path: Path):  # type: ignore[no-untyped-def]
     app.engine.dispose()
 
 
-def _snapshot(app: App, team: str) -> str:
+def _snapshot(app: Core, team: str) -> str:
     with Session(app.engine) as s:
         parts = []
         for table in (Prompt, Dataset, Job, ModelVersion, Label):
@@ -388,7 +389,7 @@ TRAVERSAL = ["..", "../x", "../../etc/passwd", "x/../../y", "/etc/passwd", "a/b"
 def test_path_traversal_in_names_is_refused(tmp_path: Path, report: Report) -> None:
     settings = make_settings(tmp_path)
     migrate.upgrade(settings.database_url)
-    app = App(settings, make_engine(settings.database_url), None)
+    app = Core(settings, make_engine(settings.database_url), None)
     actor = Actor(team_id="T0TEAM", user_id="U0EVE", is_admin=True)
     data = tmp_path / "ok.jsonl"
     data.write_text(json.dumps({"ticket": "t", "expected": "billing"}) + "\n")

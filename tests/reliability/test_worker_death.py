@@ -67,7 +67,7 @@ def test_three_sigkills_during_one_finetune(world, tmp_path: Path, start_worker,
         deadline = time.monotonic() + 300
         # Wait for this attempt to write a checkpoint past the one the last kill left behind.
         while True:
-            job = jobs.get(app.engine, job_id)
+            job = jobs.get(engine=app.engine, job_id=job_id)
             steps = _checkpoint_steps(settings, job_id)
             if job.status == "running" and job.attempt == kill and steps and steps[-1] > last:
                 trainers = _descendants(worker)

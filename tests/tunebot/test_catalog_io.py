@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from tests.conftest import REPO, make_settings, settings_env
 from tunebot import catalog, datasets
-from tunebot.catalog_io import export_dir, import_dir, load_yaml
+from tunebot.catalog.files import export_dir, import_dir, load_yaml
 from tunebot.db import session_scope
 from tunebot.errors import UserError
 from tunebot.settings import Settings
@@ -194,7 +194,7 @@ def test_export_round_trips(engine: Engine, settings: Settings, tmp_path: Path) 
 
 def test_deleted_prompt_restored_by_import(engine: Engine, settings: Settings,
                                            tmp_path: Path) -> None:
-    from tunebot.service import Actor
+    from tunebot.core import Actor
 
     root = write_catalog(tmp_path / "prompts")
     run_import(engine, settings, root)

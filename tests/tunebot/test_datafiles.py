@@ -12,20 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tunebot.datafiles import (
+from tunebot.datasets.read import Issue, detect_format
+from tunebot.datasets.report import format_report
+from tunebot.datasets.rows import Row, check_variables, parse_rows, row_stats
+from tunebot.datasets.split import kfold, leakage, normalise_text, split
+from tunebot.datasets.training import (
     Example,
-    Issue,
-    Row,
-    check_variables,
-    detect_format,
-    format_report,
-    kfold,
-    leakage,
     length_histogram,
-    normalise_text,
-    parse_rows,
-    row_stats,
-    split,
     truncation_verdict,
     validate_training,
 )
@@ -537,7 +530,7 @@ def test_random_lines_never_raise(fuzz_dir, lines, fmt):
 
 
 def test_importing_datafiles_loads_no_ml_stack():
-    code = ("import sys, tunebot.datafiles; "
+    code = ("import sys, tunebot.datasets.store, tunebot.datasets.split; "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[2])

@@ -10,8 +10,8 @@ from sqlalchemy.engine import Engine
 
 from tests.conftest import make_settings
 from tunebot import datasets
+from tunebot.core import Actor
 from tunebot.errors import Forbidden, NotFound, UserError
-from tunebot.service import Actor
 from tunebot.settings import Settings
 
 ROWS = [{"text": "great phone", "expected": "positive"},
@@ -146,17 +146,17 @@ def test_workspaces_are_isolated(engine: Engine, settings: Settings, tmp_path: P
 
 def _run(app, text: str, actor: Actor, file: Path | None = None):
     from tunebot.commands import parse
+    from tunebot.dispatch import execute
     from tunebot.replies import render_text
-    from tunebot.service import execute
 
     o = execute(parse(text), actor, app, file)
     return o.reply.error, render_text(o.reply)
 
 
 def test_dataset_commands(engine: Engine, settings: Settings, tmp_path: Path) -> None:
-    from tunebot.service import App
+    from tunebot.core import Core
 
-    app = App(settings, engine, None)
+    app = Core(settings, engine, None)
     alice, bob = Actor(team_id="TA", user_id="U_A"), Actor(team_id="TA", user_id="U_B")
     other = Actor(team_id="TB", user_id="U_X", is_admin=True)
     f = write_jsonl(tmp_path / "in.jsonl", ROWS * 3)

@@ -11,9 +11,10 @@ from sqlalchemy.engine import Engine
 
 from tests.conftest import make_settings
 from tunebot.commands import SPECS, parse
+from tunebot.core import Actor, Core, Outcome
+from tunebot.dispatch import execute
 from tunebot.errors import UserError
 from tunebot.replies import render_text
-from tunebot.service import Actor, App, Outcome, execute
 
 ALICE = Actor(team_id="TA", user_id="U_ALICE")
 BOB = Actor(team_id="TA", user_id="U_BOB")
@@ -34,21 +35,21 @@ FIRST = {
 
 
 @pytest.fixture
-def app(engine: Engine, tmp_path: Path) -> App:
-    return App(make_settings(tmp_path), engine, None)
+def app(engine: Engine, tmp_path: Path) -> Core:
+    return Core(make_settings(tmp_path), engine, None)
 
 
-def run(app: App, text: str, actor: Actor = ALICE, file: Path | None = None) -> Outcome:
+def run(app: Core, text: str, actor: Actor = ALICE, file: Path | None = None) -> Outcome:
     return execute(parse(text), actor, app, file)
 
 
-def out(app: App, text: str, actor: Actor = ALICE, file: Path | None = None) -> str:
+def out(app: Core, text: str, actor: Actor = ALICE, file: Path | None = None) -> str:
     o = run(app, text, actor, file)
     assert not o.reply.error, render_text(o.reply)
     return render_text(o.reply)
 
 
-def err(app: App, text: str, actor: Actor = ALICE, file: Path | None = None) -> str:
+def err(app: Core, text: str, actor: Actor = ALICE, file: Path | None = None) -> str:
     o = run(app, text, actor, file)
     assert o.reply.error, render_text(o.reply)
     return o.reply.text
@@ -61,7 +62,7 @@ def yaml_file(tmp_path: Path, data: dict, name: str = "p.yaml") -> Path:
 
 
 @pytest.fixture
-def triage(app: App, tmp_path: Path) -> App:
+def triage(app: Core, tmp_path: Path) -> Core:
     """A workspace with triage v1 and v2, production on v1."""
     assert "Saved triage@1" in out(app, "/prompt new", file=yaml_file(tmp_path, FIRST))
     second = {k: v for k, v in FIRST.items() if k not in ("name", "description", "tags",
@@ -78,7 +79,7 @@ def triage(app: App, tmp_path: Path) -> App:
     return app
 
 
-def test_list_show_history(triage: App) -> None:
+def test_list_show_history(triage: Core) -> None:
     listing = out(triage, "/prompt list")
     assert "triage" in listing and "production→v1" in listing and "support" in listing
     assert "triage" in out(triage, "/prompt list support tickets")
@@ -95,7 +96,7 @@ def test_list_show_history(triage: App) -> None:
     assert "U_ALICE" in hist
 
 
-def test_diff_and_label_moves(triage: App) -> None:
+def test_diff_and_label_moves(triage: Core) -> None:
     d = out(triage, "/prompt diff triage@1 triage@2")
     assert "-Route the ticket." in d and "+Route the ticket. One word." in d
     assert "params.temperature" in d
@@ -105,7 +106,7 @@ def test_diff_and_label_moves(triage: App) -> None:
     assert "triage@2" in out(triage, "/prompt show triage:production")
 
 
-def test_only_owner_or_admin_moves_production(triage: App) -> None:
+def test_only_owner_or_admin_moves_production(triage: Core) -> None:
     refused = err(triage, "/prompt label triage@2 production", BOB)
     assert "only prompt triage's owner (U_ALICE) or an admin" in refused
     assert "triage@1" in out(triage, "/prompt show triage:production")  # unchanged
@@ -113,14 +114,14 @@ def test_only_owner_or_admin_moves_production(triage: App) -> None:
     assert "→ v2 (was v1)" in out(triage, "/prompt label triage@2 production", ADMIN)
 
 
-def test_render(triage: App) -> None:
+def test_render(triage: Core) -> None:
     text = out(triage, '/prompt render triage ticket="I was charged twice"')
     assert "[user]\nTicket: I was charged twice\nCategory:" in text
     e = err(triage, "/prompt render triage@2")
     assert "missing variable `ticket`" in e and "Usage: /prompt render REF k=v…" in e
 
 
-def test_errors_name_the_problem(triage: App, tmp_path: Path) -> None:
+def test_errors_name_the_problem(triage: Core, tmp_path: Path) -> None:
     assert err(triage, "/prompt show triage@9") == "triage has no version 9 (latest is 2)"
     assert err(triage, "/prompt show triage:staging") == \
         "triage has no label `staging` (labels: production)"
@@ -161,7 +162,7 @@ def test_unknown_subcommand_lists_usages() -> None:
     assert exc.value.usage and "/prompt render REF k=v…" in exc.value.usage
 
 
-def test_delete_permissions(triage: App) -> None:
+def test_delete_permissions(triage: Core) -> None:
     e = err(triage, "/prompt delete triage", BOB)
     assert "only prompt `triage`'s owner (U_ALICE) or an admin" in e
     assert "Deleted prompt triage" in out(triage, "/prompt delete triage", ADMIN)
@@ -169,12 +170,12 @@ def test_delete_permissions(triage: App) -> None:
     assert "No prompt" in out(triage, "/prompt list")
 
 
-def test_owner_may_delete(triage: App) -> None:
+def test_owner_may_delete(triage: Core) -> None:
     assert "Deleted prompt triage" in out(triage, "/prompt delete triage", ALICE)
     assert "no prompt `triage`" in err(triage, "/prompt history triage")
 
 
-def test_other_workspace_sees_nothing(triage: App) -> None:
+def test_other_workspace_sees_nothing(triage: Core) -> None:
     assert "No prompts yet" in out(triage, "/prompt list", MALLORY)
     for text in ("/prompt show triage", "/prompt show triage@1", "/prompt history triage",
                  "/prompt render triage ticket=x", "/prompt label triage@1 production",

@@ -72,9 +72,9 @@ def test_active_key_blocks_only_while_active(engine: Engine) -> None:
     a = _submit(engine, active_key="btn:1")
     b = _submit(engine, active_key="btn:1")
     assert a.job.id == b.job.id and not b.created
-    taken = jobs.take_lease(engine, a.job.id, "w1", 30)
+    taken = jobs.take_lease(engine=engine, job_id=a.job.id, owner="w1", lease_seconds=30)
     assert taken is not None
-    assert jobs.finish(engine, a.job.id, "w1", "succeeded")
+    assert jobs.finish(engine=engine, job_id=a.job.id, owner="w1", status="succeeded")
     c = _submit(engine, active_key="btn:1")
     assert c.created and c.job.id != a.job.id
     with pytest.raises(IntegrityError), session_scope(engine) as s:  # the partial index itself
@@ -92,16 +92,16 @@ def test_quota_counts_active_jobs_per_user(engine: Engine) -> None:
 
 def test_lease_is_exclusive_and_finish_needs_it(engine: Engine) -> None:
     job = _submit(engine).job
-    assert jobs.take_lease(engine, job.id, "w1", 30) is not None
-    assert jobs.take_lease(engine, job.id, "w2", 30) is None
-    assert not jobs.renew_lease(engine, job.id, "w2", 30).held
-    assert jobs.renew_lease(engine, job.id, "w1", 30).held
-    assert not jobs.finish(engine, job.id, "w2", "succeeded")
-    assert jobs.finish(engine, job.id, "w1", "succeeded")
-    got = jobs.get(engine, job.id)
+    assert jobs.take_lease(engine=engine, job_id=job.id, owner="w1", lease_seconds=30) is not None
+    assert jobs.take_lease(engine=engine, job_id=job.id, owner="w2", lease_seconds=30) is None
+    assert not jobs.renew_lease(engine=engine, job_id=job.id, owner="w2", lease_seconds=30).held
+    assert jobs.renew_lease(engine=engine, job_id=job.id, owner="w1", lease_seconds=30).held
+    assert not jobs.finish(engine=engine, job_id=job.id, owner="w2", status="succeeded")
+    assert jobs.finish(engine=engine, job_id=job.id, owner="w1", status="succeeded")
+    got = jobs.get(engine=engine, job_id=job.id)
     assert got is not None and got.status == "succeeded" and got.attempt == 1
     with pytest.raises(jobs.IllegalTransition):
-        jobs.finish(engine, job.id, "w1", "queued")
+        jobs.finish(engine=engine, job_id=job.id, owner="w1", status="queued")
 
 
 def _expire(engine: Engine, job_id: int) -> None:
@@ -113,28 +113,29 @@ def _expire(engine: Engine, job_id: int) -> None:
 def test_expired_lease_is_requeued_exactly_once(engine: Engine) -> None:
     waker = RecordingWaker()
     job = _submit(engine).job
-    jobs.take_lease(engine, job.id, "dead-worker", 30)
+    jobs.take_lease(engine=engine, job_id=job.id, owner="dead-worker", lease_seconds=30)
     _expire(engine, job.id)
-    first = jobs.reconcile(engine, waker, resend_after=60)
-    second = jobs.reconcile(engine, waker, resend_after=60)
+    first = jobs.reconcile(engine=engine, waker=waker, resend_after=60)
+    second = jobs.reconcile(engine=engine, waker=waker, resend_after=60)
     assert first.requeued == [job.id] and second.requeued == []
     assert waker.sent.count(("job", job.id, "inference")) == 1
-    got = jobs.get(engine, job.id)
+    got = jobs.get(engine=engine, job_id=job.id)
     assert got is not None and got.status == "queued" and got.lease_owner is None
     # The dead worker's late heartbeat and finish are refused: it no longer holds the lease.
-    assert not jobs.renew_lease(engine, job.id, "dead-worker", 30).held
-    assert not jobs.finish(engine, job.id, "dead-worker", "succeeded")
+    assert not jobs.renew_lease(engine=engine, job_id=job.id, owner="dead-worker",
+                                lease_seconds=30).held
+    assert not jobs.finish(engine=engine, job_id=job.id, owner="dead-worker", status="succeeded")
 
 
 def test_spent_attempts_fail_the_job_with_the_reason(engine: Engine) -> None:
     job = _submit(engine, max_attempts=1).job
-    jobs.take_lease(engine, job.id, "w", 30)
+    jobs.take_lease(engine=engine, job_id=job.id, owner="w", lease_seconds=30)
     _expire(engine, job.id)
-    out = jobs.reconcile(engine, RecordingWaker(), resend_after=60)
+    out = jobs.reconcile(engine=engine, waker=RecordingWaker(), resend_after=60)
     assert out.failed == [job.id]
-    got = jobs.get(engine, job.id)
+    got = jobs.get(engine=engine, job_id=job.id)
     assert got is not None and got.status == "failed" and "max_attempts=1" in (got.error or "")
-    assert jobs.events(engine, job.id)[-1].payload["error"] is True
+    assert jobs.read_events(engine=engine, job_id=job.id)[-1].payload["error"] is True
 
 
 def test_lost_queued_jobs_are_resent_with_backoff(engine: Engine) -> None:
@@ -143,20 +144,21 @@ def test_lost_queued_jobs_are_resent_with_backoff(engine: Engine) -> None:
     with session_scope(engine) as s:
         s.execute(update(Job).where(Job.id == job.id)
                   .values(last_sent_at=utcnow() - timedelta(seconds=100)))
-    assert jobs.reconcile(engine, waker, resend_after=10).resent == [job.id]
-    assert jobs.reconcile(engine, waker, resend_after=10).resent == []  # backed off
+    assert jobs.reconcile(engine=engine, waker=waker, resend_after=10).resent == [job.id]
+    assert jobs.reconcile(engine=engine, waker=waker, resend_after=10).resent == []  # backed off
 
 
 def test_cancel_queued_and_running(engine: Engine) -> None:
     queued = _submit(engine).job
-    assert jobs.request_cancel(engine, queued.id) == "cancelled"
+    assert jobs.request_cancel(engine=engine, job_id=queued.id) == "cancelled"
     # Its thread is told it ended: a final event whose status line replaces "queued".
-    final = jobs.events(engine, queued.id)[-1]
+    final = jobs.read_events(engine=engine, job_id=queued.id)[-1]
     assert final.kind == "final" and final.payload["status"].endswith("· cancelled")
     running = _submit(engine).job
-    jobs.take_lease(engine, running.id, "w", 30)
-    assert jobs.request_cancel(engine, running.id) == "running"
-    assert jobs.renew_lease(engine, running.id, "w", 30).cancel_requested
+    jobs.take_lease(engine=engine, job_id=running.id, owner="w", lease_seconds=30)
+    assert jobs.request_cancel(engine=engine, job_id=running.id) == "running"
+    assert jobs.renew_lease(engine=engine, job_id=running.id, owner="w",
+                            lease_seconds=30).cancel_requested
 
 
 def test_events_are_ordered_and_notify_only_for_slack_jobs(engine: Engine) -> None:
@@ -164,8 +166,10 @@ def test_events_are_ordered_and_notify_only_for_slack_jobs(engine: Engine) -> No
     cli_job = _submit(engine).job
     slack_job = _submit(engine, channel="C1").job
     for i in range(3):
-        jobs.emit(engine, cli_job.id, Reply(text=f"m{i}"), waker)
-    jobs.emit(engine, slack_job.id, Reply(text="hello"), waker)
-    assert [e.payload["text"] for e in jobs.events(engine, cli_job.id)] == ["m0", "m1", "m2"]
-    assert [e.seq for e in jobs.events(engine, cli_job.id, after_seq=1)] == [2, 3]
+        jobs.emit(engine=engine, job_id=cli_job.id, reply=Reply(text=f"m{i}"), waker=waker)
+    jobs.emit(engine=engine, job_id=slack_job.id, reply=Reply(text="hello"), waker=waker)
+    assert [e.payload["text"] for e in jobs.read_events(engine=engine,
+                                                        job_id=cli_job.id)] == ["m0", "m1", "m2"]
+    assert [e.seq for e in jobs.read_events(engine=engine, job_id=cli_job.id, after_seq=1)] == [2,
+                                                                                                3]
     assert waker.sent == [("notify", slack_job.id, "io")]

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tunebot.errors import UserError
-from tunebot.templates import (
+from tunebot.catalog.templates import (
     MAX_OUTPUT,
     check_template,
     render,
     render_messages,
     variables_used,
 )
+from tunebot.errors import UserError
 
 VARS = {"name": "Bob", "items": ["a", "b"], "row": {"k": 1}}
 

@@ -12,8 +12,8 @@ from sqlalchemy import update
 from tests.conftest import make_settings, wait_final
 from tunebot import jobs, migrate
 from tunebot.db import make_engine, session_scope
+from tunebot.jobs.queue import Sender, make_celery
 from tunebot.models import Job, utcnow
-from tunebot.queue import Sender, make_celery
 from tunebot.settings import Settings
 
 
@@ -27,7 +27,7 @@ def _roundtrip(settings: Settings, start_worker) -> None:  # type: ignore[no-unt
     job = wait_final(engine, sub.job.id)
     assert job.status == "succeeded" and job.attempt == 1 and job.result == {
         "pong": True, "seconds": 0.3}
-    texts = [e.payload["text"] for e in jobs.events(engine, job.id)]
+    texts = [e.payload["text"] for e in jobs.read_events(engine=engine, job_id=job.id)]
     assert texts[0].endswith("running") and texts[1].startswith("Started on worker")
     assert any("pong" in t for t in texts) and "succeeded" in texts[-1]
 
@@ -52,7 +52,8 @@ def test_expired_lease_is_recovered_exactly_once_by_a_real_worker(
     # A job whose worker died mid-run: running, lease expired, no broker message left.
     sub = jobs.submit(engine=engine, waker=None, team_id="T1", kind="noop", requested_by="U1",
                       params={"seconds": 0.1}, title="orphan")
-    assert jobs.take_lease(engine, sub.job.id, "dead-host:1:abc", 60) is not None
+    assert jobs.take_lease(engine=engine, job_id=sub.job.id, owner="dead-host:1:abc",
+                           lease_seconds=60) is not None
     with session_scope(engine) as s:
         s.execute(update(Job).where(Job.id == sub.job.id)
                   .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
@@ -60,7 +61,7 @@ def test_expired_lease_is_recovered_exactly_once_by_a_real_worker(
     job = wait_final(engine, sub.job.id, timeout=60)
     assert job.status == "succeeded"
     assert job.attempt == 2  # the dead run, then exactly one recovery
-    started = [e for e in jobs.events(engine, job.id)
+    started = [e for e in jobs.read_events(engine=engine, job_id=job.id)
                if e.payload["text"].startswith("Started on worker")]
     assert len(started) == 1
 
@@ -73,9 +74,9 @@ def test_cancel_stops_a_running_job(tmp_path: Path, start_worker) -> None:
     sub = jobs.submit(engine=engine, waker=Sender(make_celery(settings)), team_id="T1",
                       kind="noop", requested_by="U1", params={"seconds": 30}, title="long")
     deadline = time.monotonic() + 30
-    while jobs.get(engine, sub.job.id).status != "running":  # type: ignore[union-attr]
+    while jobs.get(engine=engine, job_id=sub.job.id).status != "running":  # type: ignore[union-attr]
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    jobs.request_cancel(engine, sub.job.id)
+    jobs.request_cancel(engine=engine, job_id=sub.job.id)
     job = wait_final(engine, sub.job.id, timeout=20)
     assert job.status == "cancelled"

@@ -11,7 +11,7 @@ from tests.workers.test_prompt_test_e2e import texts, wait_final
 from tests.workers.test_prompt_test_smollm2 import starter_catalog
 from tunebot import registry
 from tunebot.commands import parse
-from tunebot.service import execute
+from tunebot.dispatch import execute
 
 
 @pytest.mark.smollm2

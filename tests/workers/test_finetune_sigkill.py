@@ -35,7 +35,7 @@ def test_sigkill_mid_training_resumes_on_a_new_worker(world, tmp_path: Path,  # 
     deadline = time.monotonic() + 240
     while not _checkpoints(settings, job_id):
         assert time.monotonic() < deadline, "no checkpoint was written"
-        assert jobs.get(app.engine, job_id).status in ("queued", "running")
+        assert jobs.get(engine=app.engine, job_id=job_id).status in ("queued", "running")
         time.sleep(0.2)
     main = psutil.Process(worker.proc.pid)
     pool = main.children()

@@ -11,12 +11,12 @@ from sqlmodel import Session
 
 from tests.conftest import make_settings, wait_final
 from tunebot import catalog, datasets, jobs, migrate
-from tunebot.cli import app_for
 from tunebot.commands import parse
+from tunebot.core import Actor, build_core
 from tunebot.db import session_scope
+from tunebot.dispatch import execute
 from tunebot.models import CaseResult
 from tunebot.replies import Reply, render_text
-from tunebot.service import Actor, execute
 
 CONTENT = {
     "messages": [
@@ -51,7 +51,7 @@ def seed_colours(app, settings, tmp_path: Path) -> None:  # type: ignore[no-unty
 def world(tmp_path: Path, start_worker, tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     settings = make_settings(tmp_path)
     migrate.upgrade(settings.database_url)
-    app = app_for(settings)
+    app = build_core(settings)
     seed_colours(app, settings, tmp_path)
     worker = start_worker(settings, "inference,gpu")
     actor = Actor(team_id="T0TEAM", user_id="U0ALICE")
@@ -64,7 +64,8 @@ def run(app, actor, text: str):  # type: ignore[no-untyped-def]
 
 def texts(app, job_id: int) -> list[str]:  # type: ignore[no-untyped-def]
     """The job's thread as the CLI prints it, one entry per message."""
-    return [render_text(Reply.from_dict(e.payload)) for e in jobs.events(app.engine, job_id)]
+    return [render_text(Reply.from_dict(e.payload)) for e in jobs.read_events(engine=app.engine,
+                                                                              job_id=job_id)]
 
 
 def test_prompt_test_scores_every_case_and_reports(world) -> None:  # type: ignore[no-untyped-def]

@@ -9,21 +9,21 @@ import pytest
 from tests.conftest import make_settings
 from tests.workers.test_prompt_test_e2e import texts, wait_final
 from tunebot import migrate
-from tunebot.catalog_io import import_dir
-from tunebot.cli import app_for
+from tunebot.catalog.files import import_dir
 from tunebot.commands import parse
-from tunebot.service import Actor, App, execute
+from tunebot.core import Actor, Core, build_core
+from tunebot.dispatch import execute
 from tunebot.settings import Settings
 
 CATALOG = Path(__file__).resolve().parents[2] / "prompts"
 
 
-def starter_catalog(tmp_path: Path) -> tuple[Settings, App, Actor]:
+def starter_catalog(tmp_path: Path) -> tuple[Settings, Core, Actor]:
     """A migrated workspace holding the starter catalog (prompts/ and its datasets)."""
     # The converted model is cached per machine (var/models of the repo) to spare 30 s a run.
     settings = make_settings(tmp_path, model_cache_dir=CATALOG.parent / "var" / "models")
     migrate.upgrade(settings.database_url)
-    app = app_for(settings)
+    app = build_core(settings)
     report = import_dir(engine=app.engine, settings=settings, team_id="T0TEAM", user="U0ALICE",
                         path=CATALOG)
     assert report.ok, report.lines()

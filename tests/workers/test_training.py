@@ -18,7 +18,8 @@ import psutil
 import pytest
 import torch
 
-from tunebot.datafiles import Example, split
+from tunebot.datasets.split import split
+from tunebot.datasets.training import Example
 from tunebot.errors import Cancelled, JobError
 from workers.training import TrainConfig, TrainingCallbacks, estimate, run_training
 from workers.training import checkpoint as ckpt

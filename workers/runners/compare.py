@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from tunebot import registry, stats
-from tunebot.datafiles import leakage
+from tunebot.datasets.split import leakage
 from tunebot.errors import JobError
 from tunebot.models import Job, ModelVersion, Prompt, PromptVersion
 from tunebot.recommend import MIN_CASES, Candidate, Context, recommend

@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from tunebot import catalog, datasets, hyperparams
-from tunebot.datafiles import (
+from tunebot.catalog.templates import render_messages
+from tunebot.datasets.report import format_report
+from tunebot.datasets.split import kfold, leakage, split
+from tunebot.datasets.training import (
     Example,
-    format_report,
-    kfold,
-    leakage,
     length_histogram,
-    split,
     truncation_verdict,
     validate_training,
 )
@@ -27,7 +26,6 @@ from tunebot.db import session_scope
 from tunebot.errors import JobError
 from tunebot.models import PromptVersion
 from tunebot.replies import Reply, code, fields, section
-from tunebot.templates import render_messages
 from workers.context import JobContext
 
 

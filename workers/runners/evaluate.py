@@ -8,10 +8,10 @@ from typing import Any
 
 from sqlalchemy import delete
 
+from tunebot.catalog.templates import render_messages
 from tunebot.db import session_scope
 from tunebot.errors import JobError, UserError
 from tunebot.models import CaseResult
-from tunebot.templates import render_messages
 from workers.backends.base import Backend, Generation, GenParams
 from workers.context import JobContext
 from workers.scoring import ScoreContext, ScorerError, case_passed, default_scorers, score_case

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebot import registry, stats
-from tunebot.datafiles import Example
+from tunebot.datasets.training import Example
 from tunebot.metrics import ThreadMetricLogger
 from tunebot.replies import Reply, image, section, table
 from workers.backends.base import GenParams
@@ -231,7 +231,7 @@ class FinetuneRunner:
             json.dumps({"messages": ex.messages}) + "\n" for ex in prep.train))
         pinned = p.get("prompt")
         name = p.get("name") or (pinned["name"] if pinned else p["dataset"])
-        from tunebot.datasets import get_dataset
+        from tunebot.datasets.store import get_dataset
 
         ds = get_dataset(engine=ctx.engine, team_id=ctx.job.team_id, name=p["dataset"],
                          version=p.get("dataset_version"))

@@ -7,7 +7,7 @@ from typing import Any
 from sqlmodel import Session
 
 from tunebot import datasets, registry
-from tunebot.datafiles import check_variables
+from tunebot.datasets.rows import check_variables
 from tunebot.errors import JobError
 from tunebot.models import PromptVersion
 from workers.backends.registry import backend_for

@@ -1,4 +1,4 @@
-"""/dataset list · show · add · delete."""
+"""/dataset list · show · add · check · delete."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ from typing import Any
 
 from tunebot import datasets
 from tunebot.commands import Command
+from tunebot.core import Actor, Core, Outcome
 from tunebot.errors import UserError
+from tunebot.handlers.common import Routes, submit_job
+from tunebot.handlers.finetune import plan
 from tunebot.replies import Reply, code, context, fields, section, table
-from tunebot.service import Actor, App, Outcome, handler
+
+ROUTES = Routes()
 
 SAMPLE_ROWS = 5
 MAX_COLUMNS = 6
@@ -32,8 +36,8 @@ def _balance(stats: dict[str, Any], limit: int = 4) -> str:
     return text + (f" · +{len(items) - limit} more" if len(items) > limit else "")
 
 
-@handler("dataset", "list")
-def list_(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+@ROUTES("dataset", "list")
+def list_(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
     """Datasets of the workspace (latest version of each)."""
     rows = datasets.list_datasets(engine=app.engine, team_id=actor.team_id)
     if not rows:
@@ -46,8 +50,8 @@ def list_(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
         section(head), table(["name", "version", "rows", "format", "labels", "by"], body)]))
 
 
-@handler("dataset", "show")
-def show(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+@ROUTES("dataset", "show")
+def show(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
     """A dataset: size, columns, label balance and a few sample rows."""
     ds = datasets.get_dataset(engine=app.engine, team_id=actor.team_id, name=cmd.args["name"])
     rows = datasets.load_rows(ds)
@@ -73,8 +77,8 @@ def show(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
     return Outcome(Reply(text=f"{ds.name} v{ds.version}: {ds.row_count} rows", blocks=blocks))
 
 
-@handler("dataset", "add")
-def add(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+@ROUTES("dataset", "add")
+def add(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
     """Validate an uploaded file and store it as the dataset's next version."""
     name = cmd.args["name"]
     if file is None:
@@ -97,8 +101,20 @@ def add(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
                                                           "created": created})
 
 
-@handler("dataset", "delete")
-def delete(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+@ROUTES("dataset", "check")
+def check(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
+    """Queue a training-data check under a model's tokenizer."""
+    model = cmd.params.get("model")
+    if not model:
+        raise UserError("model= is required (the tokenizer decides the lengths)",
+                        cmd.spec.usage)
+    params = plan(cmd, actor, app, model=model)
+    title = f"🔎 data check · {params['dataset']} for {params['model']}"
+    return submit_job(cmd, actor, app, kind="data_check", params=params, title=title)
+
+
+@ROUTES("dataset", "delete")
+def delete(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
     """Soft-delete a dataset (its first uploader or an admin)."""
     name = cmd.args["name"]
     n = datasets.delete_dataset(engine=app.engine, team_id=actor.team_id, name=name,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunebot.datafiles_read import (
+from tunebot.datasets.read import (
     Issue,
     IssueList,
     LineReader,
@@ -25,7 +25,7 @@ from tunebot.datafiles_read import (
     empty_message,
     records,
 )
-from tunebot.datafiles_rows import RESERVED
+from tunebot.datasets.rows import RESERVED
 
 ROLES = ("system", "user", "assistant")
 MESSAGE_KEYS = ("role", "content", "name", "weight")

@@ -15,12 +15,15 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from tunebot.access import require_owner_or_admin
 from tunebot.commands import parse_name
-from tunebot.datafiles import format_report, parse_rows, validate_training
+from tunebot.core import Actor
+from tunebot.datasets.report import format_report
+from tunebot.datasets.rows import parse_rows
+from tunebot.datasets.training import validate_training
 from tunebot.db import session_scope
 from tunebot.errors import NotFound, UserError
 from tunebot.models import Dataset, utcnow
-from tunebot.service import Actor, require_owner_or_admin
 from tunebot.settings import Settings
 
 TEAM_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")

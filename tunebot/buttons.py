@@ -7,31 +7,23 @@ made, while a click after that job ended starts a new one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from tunebot import jobs
+from tunebot.access import check_policy
 from tunebot.commands import parse
+from tunebot.core import Actor, Core, Outcome
+from tunebot.dispatch import execute
 from tunebot.errors import UserError
+from tunebot.handlers.common import find_job, submit_job
+from tunebot.models import Job
 from tunebot.replies import Reply, error, section
-from tunebot.service import (
-    Actor,
-    App,
-    Outcome,
-    check_policy_for,
-    execute,
-    find_job,
-    submit_job,
-)
 
 RERUN, CANCEL, PROMOTE, COMPARE_PRODUCTION = ("job_rerun", "job_cancel", "prompt_promote",
                                               "prompt_compare_production")
-# The command each job kind stands for: re-running it takes that command's policy.
-KIND_COMMAND = {
-    "noop": ("tunebot", "ping"), "prompt_test": ("prompt", "test"),
-    "prompt_compare": ("prompt", "compare"), "data_check": ("dataset", "check"),
-    "finetune_estimate": ("finetune", "estimate"), "finetune": ("finetune", "start"),
-    "compare": ("compare", "vs"),
-}
+# How a transport fills in what a policy needs about the actor (Slack: their usergroups).
+GroupResolver = Callable[[Actor, str, str], Actor]
 
 
 def buttons_for(kind: str, status: str, params: dict[str, Any], job_id: int) -> list[
@@ -43,7 +35,7 @@ def buttons_for(kind: str, status: str, params: dict[str, Any], job_id: int) -> 
         out.append({"action_id": PROMOTE, "text": "Promote to production", "value": value})
         out.append({"action_id": COMPARE_PRODUCTION, "text": "Compare with production",
                     "value": value})
-    if kind in KIND_COMMAND:
+    if kind in jobs.KINDS:
         out.append({"action_id": RERUN, "text": "Re-run", "value": value})
     return out
 
@@ -60,14 +52,15 @@ def _job_id(value: str) -> int:
         raise UserError(f"`{value[:20]}` is not a job number") from None
 
 
-def run_action(action_id: str, value: str, actor: Actor, app: App) -> Outcome:
+def run_action(action_id: str, value: str, actor: Actor, app: Core,
+               resolve_groups: GroupResolver | None = None) -> Outcome:
     """Do what the button says; errors become error replies, never exceptions."""
     try:
         job = find_job(app, actor, _job_id(value))
         if action_id == CANCEL:
             return execute(parse(f"/tunebot cancel {job.id}"), actor, app)
         if action_id == RERUN:
-            return _rerun(job, actor, app)
+            return _rerun(job, actor, app, resolve_groups)
         if job.kind != "prompt_test":
             raise UserError(f"job #{job.id} is not a prompt test")
         cand = (job.params or {})["candidates"][0]
@@ -85,11 +78,15 @@ def run_action(action_id: str, value: str, actor: Actor, app: App) -> Outcome:
         return Outcome(error(str(exc)))
 
 
-def _rerun(job: Any, actor: Actor, app: App) -> Outcome:
-    family, action = KIND_COMMAND.get(job.kind, ("", ""))
-    if not family:
+def _rerun(job: Job, actor: Actor, app: Core, resolve_groups: GroupResolver | None) -> Outcome:
+    kind = jobs.KINDS.get(job.kind)
+    if kind is None:
         raise UserError(f"job #{job.id} ({job.kind}) cannot be re-run")
-    check_policy_for(family, action, actor, app.settings)
+    # Re-running a job takes the policy of the command it stands for.
+    family, action = kind.command
+    if resolve_groups is not None:
+        actor = resolve_groups(actor, family, action)
+    check_policy(family, action, actor, app.settings)
     out = submit_job(None, actor, app, kind=job.kind, params=dict(job.params or {}),
                      title=job.title or job.kind)
     new = out.job

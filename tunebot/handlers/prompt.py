@@ -1,4 +1,4 @@
-"""/prompt list · show · history · diff · label · render · delete · new · edit."""
+"""/prompt list · show · history · diff · label · render · delete · new · edit · test · compare."""
 
 from __future__ import annotations
 
@@ -9,14 +9,18 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from tunebot import catalog, datasets
-from tunebot.catalog_io import read_version_file
+from tunebot.access import require_owner_or_admin
+from tunebot.catalog.files import read_version_file
+from tunebot.catalog.templates import render_messages
 from tunebot.commands import Command, Ref
+from tunebot.core import Actor, Core, Outcome
 from tunebot.db import session_scope
 from tunebot.errors import NotFound, UserError
+from tunebot.handlers.common import Routes, check_model, pin, submit_job
 from tunebot.models import PromptVersion
 from tunebot.replies import Reply, code, context, fields, section, table
-from tunebot.service import Actor, App, Outcome, handler, require_owner_or_admin
-from tunebot.templates import render_messages
+
+ROUTES = Routes()
 
 MAX_BLOCK = 2800  # Slack caps a text block at 3,000 characters
 
@@ -70,8 +74,8 @@ def _usage_file(cmd: Command) -> UserError:
                      "--file prompt.yaml` (or use the form in Slack)", cmd.spec.usage)
 
 
-@handler("prompt", "list")
-def list_(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+@ROUTES("prompt", "list")
+def list_(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
     """Prompts of the workspace, optionally filtered by a search query."""
     query = cmd.args.get("query", "")
     with session_scope(app.engine) as session:
@@ -90,7 +94,7 @@ def list_(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
         context("/prompt show NAME · /prompt history NAME")]))
 
 
-def _dataset_line(app: App, team_id: str, name: str) -> str:
+def _dataset_line(app: Core, team_id: str, name: str) -> str:
     try:
         ds = datasets.get_dataset(engine=app.engine, team_id=team_id, name=name)
     except NotFound:
@@ -98,8 +102,8 @@ def _dataset_line(app: App, team_id: str, name: str) -> str:
     return f"{name} (v{ds.version}, {ds.row_count} rows)"
 
 
-@handler("prompt", "show")
-def show(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+@ROUTES("prompt", "show")
+def show(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
     """A version: messages, variables, parameters, output format, docs, labels and datasets."""
     ref: Ref = cmd.args["ref"]
     with session_scope(app.engine) as session:
@@ -146,8 +150,8 @@ def show(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
     return Outcome(Reply(text=f"{title}: {prompt.description}".strip(": "), blocks=blocks))
 
 
-@handler("prompt", "history")
-def history(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+@ROUTES("prompt", "history")
+def history(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
     """Every version of a prompt and every label move."""
     with session_scope(app.engine) as session:
         h = catalog.history(session=session, team_id=actor.team_id, name=cmd.args["name"])
@@ -174,8 +178,8 @@ def _resolve_named(session: Any, team_id: str, ref: Ref) -> tuple[PromptVersion,
     return v, f"{ref.name}@{v.version}"
 
 
-@handler("prompt", "diff")
-def diff(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+@ROUTES("prompt", "diff")
+def diff(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
     """What changed between two versions: the text, then each changed field."""
     with session_scope(app.engine) as session:
         a, an = _resolve_named(session, actor.team_id, cmd.args["ref"])
@@ -197,8 +201,8 @@ def diff(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
 PROTECTED_LABELS = ("production",)
 
 
-@handler("prompt", "label")
-def label(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+@ROUTES("prompt", "label")
+def label(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
     """Point a label at a version, recording who moved it and from where.
 
     `production` is what everyone else runs: only the prompt's owner or an admin moves it.
@@ -222,8 +226,8 @@ def label(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
     return Outcome(Reply(text=text, blocks=[section(text)]))
 
 
-@handler("prompt", "render")
-def render(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+@ROUTES("prompt", "render")
+def render(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
     """A version's messages with the given variables filled in."""
     ref: Ref = cmd.args["ref"]
     with session_scope(app.engine) as session:
@@ -239,8 +243,8 @@ def render(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
         code(clip(body))]))
 
 
-@handler("prompt", "delete")
-def delete(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+@ROUTES("prompt", "delete")
+def delete(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
     """Soft-delete a prompt (its owner or an admin); versions and history are kept."""
     name = cmd.args["name"]
     with session_scope(app.engine) as session:
@@ -250,7 +254,7 @@ def delete(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
     return Outcome(Reply(text=text, blocks=[section(text)]))
 
 
-def _save(cmd: Command, actor: Actor, app: App, file: Path | None, mode: str) -> Outcome:
+def _save(cmd: Command, actor: Actor, app: Core, file: Path | None, mode: str) -> Outcome:
     if file is None:
         raise _usage_file(cmd)
     meta, fields_ = read_version_file(file)
@@ -281,13 +285,50 @@ def _save(cmd: Command, actor: Actor, app: App, file: Path | None, mode: str) ->
                    extra={"version": v.version, "created": created})
 
 
-@handler("prompt", "new")
-def new(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+@ROUTES("prompt", "new")
+def new(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
     """Create a prompt from a YAML file holding its first version."""
     return _save(cmd, actor, app, file, "new")
 
 
-@handler("prompt", "edit")
-def edit(cmd: Command, actor: Actor, app: App, file: Path | None) -> Outcome:
+@ROUTES("prompt", "edit")
+def edit(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
     """Save a new version of a prompt from a YAML file."""
     return _save(cmd, actor, app, file, "edit")
+
+
+def _test_params(cmd: Command, app: Core, actor: Actor, refs: list[Ref]) -> dict[str, Any]:
+    usage = cmd.spec.usage
+    candidates = [pin(app, actor, ref) for ref in refs]
+    ds = datasets.get_dataset(engine=app.engine, team_id=actor.team_id,
+                              name=cmd.args["dataset"])
+    if ds.row_count == 0:
+        raise UserError(f"dataset {ds.name} has no rows", usage)
+    model = check_model(app, actor, cmd.params.get("model") or candidates[0]["model"], usage)
+    return {"candidates": candidates, "dataset": ds.name, "dataset_version": ds.version,
+            "rows": ds.row_count, "model": model, "samples": cmd.params.get("samples", 1),
+            "temperature": cmd.params.get("temperature"),
+            "max_tokens": cmd.params.get("max_tokens")}
+
+
+@ROUTES("prompt", "test")
+def prompt_test(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
+    """Queue a prompt test of one version over an eval set."""
+    params = _test_params(cmd, app, actor, [cmd.args["ref"]])
+    c = params["candidates"][0]
+    title = (f"🧪 {c['name']}@{c['version']} on {params['dataset']} "
+             f"({params['rows']} cases) · {params['model']}")
+    return submit_job(cmd, actor, app, kind="prompt_test", params=params, title=title)
+
+
+@ROUTES("prompt", "compare")
+def prompt_compare(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
+    """Queue a paired comparison of two versions on the same cases and model."""
+    params = _test_params(cmd, app, actor, [cmd.args["ref"], cmd.args["ref2"]])
+    a, b = params["candidates"]
+    if a["version_id"] == b["version_id"]:
+        raise UserError(f"both references resolve to {a['name']}@{a['version']}: "
+                        "compare two different versions", cmd.spec.usage)
+    title = (f"⚖️ {a['name']}@{a['version']} vs {b['name']}@{b['version']} on "
+             f"{params['dataset']} · {params['model']}")
+    return submit_job(cmd, actor, app, kind="prompt_compare", params=params, title=title)

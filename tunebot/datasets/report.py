@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tunebot.datafiles_read import MAX_LISTED, Issue
-from tunebot.datafiles_rows import RowsResult
-from tunebot.datafiles_split import LeakageReport
-from tunebot.datafiles_training import TrainingReport
+from tunebot.datasets.read import MAX_LISTED, Issue
+from tunebot.datasets.rows import RowsResult
+from tunebot.datasets.split import LeakageReport
+from tunebot.datasets.training import TrainingReport
 
 
 def format_issues(issues: Sequence[Issue], total: int | None = None,

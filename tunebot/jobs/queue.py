@@ -5,9 +5,9 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
+from tunebot.jobs.kinds import QUEUES
 from tunebot.settings import Settings
 
-QUEUES = ("inference", "gpu", "io")
 INFERENCE_TASK = "tunebot.run_inference_job"
 GPU_TASK = "tunebot.run_gpu_job"
 NOTIFY_TASK = "tunebot.notify"

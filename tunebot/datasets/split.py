@@ -9,8 +9,8 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from tunebot.datafiles_rows import LABEL_LIMIT, RESERVED
-from tunebot.datafiles_training import Example, minimal_user_turn
+from tunebot.datasets.rows import LABEL_LIMIT, RESERVED
+from tunebot.datasets.training import Example, minimal_user_turn
 
 T = TypeVar("T")
 

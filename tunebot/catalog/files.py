@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from tunebot import catalog
 from tunebot.commands import Ref, parse_name
-from tunebot.datasets import EXTENSIONS, add_dataset, list_datasets
+from tunebot.datasets.store import EXTENSIONS, add_dataset, list_datasets
 from tunebot.db import session_scope
 from tunebot.errors import UserError
 from tunebot.models import Prompt

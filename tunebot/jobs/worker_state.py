@@ -9,7 +9,7 @@ from celery import Celery
 from sqlalchemy.engine import Engine
 
 from tunebot.db import make_engine
-from tunebot.queue import Sender
+from tunebot.jobs.queue import Sender
 from tunebot.settings import Settings
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunebot.datafiles_read import (
+from tunebot.datasets.read import (
     Issue,
     IssueList,
     LineReader,

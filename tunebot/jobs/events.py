@@ -1,0 +1,126 @@
+"""A job's thread: events recorded in SQL (emit), read in order, and delivered once each.
+
+The notifier only posts: claiming a job's delivery, reading its next undelivered event,
+marking it delivered and recording the status message all happen here.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from tunebot.db import session_scope
+from tunebot.jobs.kinds import Waker
+from tunebot.models import Job, JobEvent, utcnow
+from tunebot.replies import Reply
+
+log = logging.getLogger(__name__)
+
+
+def add_event(*, session: Session, job: Job, reply: Reply, kind: str,
+               seq: int | None = None) -> JobEvent:
+    """Add the job's next event to the caller's transaction (seq given, or max + 1)."""
+    if seq is None:
+        seq = session.execute(
+            select(func.coalesce(func.max(JobEvent.seq), 0))
+            .where(JobEvent.job_id == job.id)  # type: ignore[arg-type]
+        ).scalar_one() + 1
+    assert job.id is not None
+    event = JobEvent(job_id=job.id, team_id=job.team_id, seq=seq, kind=kind,
+                     payload=reply.to_dict())
+    session.add(event)
+    return event
+
+
+def notify(*, waker: Waker, job_id: int) -> None:
+    """Ask the notifier to deliver the job's events; if the broker is away, SQL keeps them."""
+    try:
+        waker.send_notify(job_id)
+    except Exception:
+        log.warning("could not wake the notifier for job %s; it retries from SQL", job_id)
+
+
+def emit(*, engine: Engine, job_id: int, reply: Reply, waker: Waker | None = None,
+         kind: str = "reply") -> JobEvent:
+    """Record what a job says (next seq in its thread) and ask the notifier to deliver it."""
+    for _ in range(5):
+        try:
+            with session_scope(engine) as session:
+                job = session.get(Job, job_id)
+                if job is None:
+                    raise LookupError(job_id)
+                event = add_event(session=session, job=job, reply=reply, kind=kind)
+                channel = job.channel
+            break
+        except IntegrityError:  # two writers took the same seq: take the next one
+            continue
+    else:
+        raise RuntimeError(f"could not record an event for job {job_id}")
+    if waker is not None and channel:
+        notify(waker=waker, job_id=job_id)
+    return event
+
+
+def read_events(*, engine: Engine, job_id: int, after_seq: int = 0) -> list[JobEvent]:
+    """A job's events after a sequence number, in order."""
+    with Session(engine, expire_on_commit=False) as session:
+        rows = session.execute(
+            select(JobEvent).where(JobEvent.job_id == job_id,  # type: ignore[arg-type]
+                                   JobEvent.seq > after_seq)  # type: ignore[arg-type]
+            .order_by(JobEvent.seq)  # type: ignore[arg-type]
+        ).scalars().all()
+        return list(rows)
+
+
+def claim_delivery(*, engine: Engine, job_id: int, owner: str, seconds: float) -> bool:
+    """Become the job's one deliverer for `seconds`: keeps its thread in order, posted once."""
+    now = utcnow()
+    with session_scope(engine) as session:
+        res = session.execute(
+            update(Job).where(Job.id == job_id,  # type: ignore[arg-type]
+                              or_(Job.notify_owner.is_(None),  # type: ignore[union-attr]
+                                  Job.notify_until < now))  # type: ignore[operator]
+            .values(notify_owner=owner, notify_until=now + timedelta(seconds=seconds))
+        )
+        return res.rowcount == 1  # type: ignore[attr-defined]
+
+
+def release_delivery(*, engine: Engine, job_id: int, owner: str) -> None:
+    """Give up the job's delivery claim (if we still hold it)."""
+    with session_scope(engine) as session:
+        session.execute(update(Job).where(Job.id == job_id,  # type: ignore[arg-type]
+                                          Job.notify_owner == owner)  # type: ignore[arg-type]
+                        .values(notify_owner=None, notify_until=None))
+
+
+def next_undelivered(*, engine: Engine, job_id: int) -> tuple[Job | None, JobEvent | None]:
+    """The job and its oldest event not yet delivered (None when all are)."""
+    with Session(engine, expire_on_commit=False) as session:
+        job = session.get(Job, job_id)
+        ev = session.execute(
+            select(JobEvent).where(JobEvent.job_id == job_id,  # type: ignore[arg-type]
+                                   JobEvent.delivered_at.is_(None))  # type: ignore[union-attr]
+            .order_by(JobEvent.seq).limit(1)  # type: ignore[arg-type]
+        ).scalars().first()
+        return job, ev
+
+
+def mark_delivered(*, engine: Engine, event_id: int, slack_ts: str | None) -> None:
+    """Record that an event reached its thread (and the message it became)."""
+    with session_scope(engine) as session:
+        session.execute(update(JobEvent).where(JobEvent.id == event_id)  # type: ignore[arg-type]
+                        .values(delivered_at=utcnow(), slack_ts=slack_ts,
+                                delivery_attempts=JobEvent.delivery_attempts + 1))
+
+
+def record_status_message(*, engine: Engine, job_id: int, status_ts: str,
+                          thread_ts: str) -> None:
+    """Store the job's root status message and the thread its replies go to."""
+    with session_scope(engine) as session:
+        session.execute(update(Job).where(Job.id == job_id)  # type: ignore[arg-type]
+                        .values(status_ts=status_ts, thread_ts=thread_ts))

@@ -1,0 +1,138 @@
+"""Reconciliation: SQL is the truth, the broker only a wake-up. Every worker process runs it.
+
+A pass re-queues jobs whose lease expired, fails those out of attempts, re-sends queued jobs
+the broker may have lost (with back-off) and re-asks for undelivered thread events.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.engine import Engine
+
+from tunebot.db import session_scope
+from tunebot.jobs.events import add_event
+from tunebot.jobs.kinds import Waker
+from tunebot.models import Job, JobEvent, utcnow
+from tunebot.replies import Reply
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reconciled:
+    """What one reconciler pass did."""
+
+    requeued: list[int]
+    failed: list[int]
+    resent: list[int]
+    notify: list[int] = field(default_factory=list)
+
+
+def reconcile(*, engine: Engine, waker: Waker | None, resend_after: float) -> Reconciled:
+    """Re-queue jobs whose lease expired, fail those out of attempts, re-send lost queued jobs."""
+    now = utcnow()
+    out = Reconciled([], [], [])
+    with session_scope(engine) as session:
+        expired = session.execute(
+            select(Job).where(Job.status == "running",  # type: ignore[arg-type]
+                              Job.lease_expires_at < now)  # type: ignore[arg-type,operator]
+        ).scalars().all()
+        for job in expired:
+            # Compare-and-set on the lease we saw, so two reconcilers never both act.
+            if job.attempt < job.max_attempts and not job.cancel_requested:
+                values: dict[str, Any] = {"status": "queued", "lease_owner": None,
+                                          "lease_expires_at": None, "sends": Job.sends + 1,
+                                          "last_sent_at": now}
+                target = out.requeued
+            else:
+                reason = ("cancelled (its worker stopped)" if job.cancel_requested else
+                          f"its worker stopped responding {job.attempt} times "
+                          f"(max_attempts={job.max_attempts})")
+                values = {"status": "cancelled" if job.cancel_requested else "failed",
+                          "lease_owner": None, "lease_expires_at": None,
+                          "finished_at": now, "error": reason}
+                target = out.failed
+            res = session.execute(
+                update(Job).where(Job.id == job.id, Job.status == "running",  # type: ignore[arg-type]
+                                  Job.lease_owner == job.lease_owner,  # type: ignore[arg-type]
+                                  Job.lease_expires_at < now)  # type: ignore[arg-type,operator]
+                .values(**values)
+            )
+            if res.rowcount == 1:  # type: ignore[attr-defined]
+                assert job.id is not None
+                target.append(job.id)
+                if target is out.failed:
+                    line = f"❌ {job.title or job.kind} · #{job.id} · {values['status']}"
+                    reply = Reply(text=f"{line}: {values['error']}", status=line, error=True)
+                    add_event(session=session, job=job, reply=reply, kind="final")
+        # Queued jobs whose wake-up the broker may have lost: re-send with back-off, since a
+        # duplicate wake-up is harmless (the lease admits one run) but an unbounded one is noise.
+        stale = session.execute(
+            select(Job).where(Job.status == "queued",  # type: ignore[arg-type]
+                              or_(Job.last_sent_at.is_(None),  # type: ignore[union-attr]
+                                  Job.last_sent_at < now - timedelta(seconds=resend_after)))  # type: ignore[operator]
+        ).scalars().all()
+        for job in stale:
+            backoff = resend_after * (2 ** min(max(job.sends - 1, 0), 6))
+            if job.last_sent_at is not None and job.last_sent_at > now - timedelta(seconds=backoff):
+                continue
+            job.sends += 1
+            job.last_sent_at = now
+            session.add(job)
+            assert job.id is not None
+            out.resent.append(job.id)
+        queues = {j.id: j.queue for j in [*expired, *stale]}
+        # Slack events a notifier has not delivered yet (Slack down, notifier restarted).
+        cutoff = now - timedelta(seconds=resend_after)
+        undelivered = session.execute(
+            select(JobEvent.job_id).join(Job, Job.id == JobEvent.job_id)  # type: ignore[arg-type]
+            .where(JobEvent.delivered_at.is_(None),  # type: ignore[union-attr]
+                   JobEvent.created_at < cutoff,  # type: ignore[arg-type,operator]
+                   Job.channel.is_not(None)).distinct()  # type: ignore[union-attr]
+        ).scalars().all()
+        out.notify = list(undelivered)
+    if waker is not None:
+        for job_id in [*out.requeued, *out.resent]:
+            try:
+                waker.send_job(job_id, queues[job_id])
+            except Exception:
+                log.warning("broker unavailable; job %s stays queued in SQL", job_id)
+        for job_id in sorted({*out.notify, *out.failed}):
+            try:
+                waker.send_notify(job_id)
+            except Exception:
+                log.warning("broker unavailable; job %s's events stay in SQL", job_id)
+    return out
+
+
+class Reconciler(threading.Thread):
+    """Every `interval` seconds: re-queue expired leases, fail spent jobs, re-send lost ones."""
+
+    def __init__(self, engine: Engine, waker: Waker, interval: float) -> None:
+        super().__init__(name="tunebot-reconciler", daemon=True)
+        self.engine = engine
+        self.waker = waker
+        self.interval = interval
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        """Loop until stopped; a failing pass (database down) is logged and retried."""
+        while not self._stop_event.wait(self.interval):
+            try:
+                done = reconcile(engine=self.engine, waker=self.waker,
+                                 resend_after=max(2 * self.interval, 5))
+                if done.requeued or done.failed or done.resent:
+                    log.info("reconciler: requeued %s failed %s resent %s",
+                             done.requeued, done.failed, done.resent)
+            except Exception as exc:
+                log.warning("reconciler pass failed (%s); retrying", exc.__class__.__name__)
+
+    def stop(self) -> None:
+        """Ask the loop to end."""
+        self._stop_event.set()
