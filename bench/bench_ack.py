@@ -139,7 +139,7 @@ def serve_tunebot_variant(port: int, variant: str) -> None:
 
 def bodies(n: int) -> list[bytes]:
     """n distinct `/tunebot ping` slash commands from USERS users (unique trigger ids)."""
-    from tests.slack_api.payloads import slash_command_body
+    from devtools.slack_api.payloads import slash_command_body
 
     return [slash_command_body("ping", command="/tunebot", user_id=f"U{i % USERS:05d}",
                                user_name=f"user{i % USERS}") for i in range(n)]
@@ -149,7 +149,7 @@ async def _fire(url: str, payloads: list[bytes], concurrency: int,
                 ok: Callable[[bytes], bool]) -> dict[str, Any]:
     import httpx
 
-    from tests.slack_api.payloads import signed_headers
+    from devtools.slack_api.payloads import signed_headers
 
     latencies: list[float] = []
     timeline: list[tuple[float, float]] = []  # (sent at, latency) seconds, for --dump
@@ -246,8 +246,8 @@ def truncate(db_url: str) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start both servers and the busy process, then measure, repeats interleaved."""
-    from tests.conftest import settings_env
-    from tests.slack_api.server import SlackAPIServer
+    from devtools.env import settings_env
+    from devtools.slack_api.server import SlackAPIServer
     from tunebot import migrate
     from tunebot.settings import Settings
 
@@ -340,8 +340,8 @@ def profile(n: int) -> dict[str, Any]:
     import tunebot.jobs as jobs_pkg
     import tunebot.jobs.store as jobs_store
     from bot.app import build_bolt
-    from tests.slack_api.payloads import signed_headers
-    from tests.slack_api.server import SlackAPIServer
+    from devtools.slack_api.payloads import signed_headers
+    from devtools.slack_api.server import SlackAPIServer
     from tunebot import migrate
     from tunebot.core import build_core
     from tunebot.settings import Settings

@@ -202,7 +202,7 @@ def throughput(side: Any, n: int) -> dict[str, Any]:
 def measure_broker(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """Both sides on one broker, repeats interleaved."""
     from bench.bench_ack import Procs
-    from tests.conftest import settings_env
+    from devtools.env import settings_env
     from tunebot import migrate
     from tunebot.settings import Settings
 

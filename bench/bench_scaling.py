@@ -40,17 +40,9 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results-scaling.json"
 
 def seed(core: Any, settings: Any, tmp: Path) -> None:
     """The prompt and the eval set the jobs test (the tests' colours world)."""
-    from tests.workers.test_prompt_test_e2e import CONTENT, ROWS
-    from tunebot import catalog, datasets
-    from tunebot.db import session_scope
+    from devtools.seed import seed_colours
 
-    with session_scope(core.engine) as s:
-        catalog.save_version(session=s, team_id="T0BENCH", name="colours", content=CONTENT,
-                             author="U0BENCH", message="v1")
-    data = tmp / "colours-eval.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    datasets.add_dataset(engine=core.engine, settings=settings, team_id="T0BENCH",
-                         name="colours-eval", path=data, user="U0BENCH")
+    seed_colours(core.engine, settings, tmp, team="T0BENCH", user="U0BENCH", versions=1)
 
 
 def burst(core: Any, text: str, n: int, timeout: float = 600) -> dict[str, Any]:
@@ -89,8 +81,8 @@ def burst(core: Any, text: str, n: int, timeout: float = 600) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """One worker, then two; repeats of a burst each."""
     from bench.bench_ack import Procs
-    from tests.conftest import settings_env
-    from tests.tiny_model import build_tiny_model
+    from devtools.env import settings_env
+    from devtools.tiny_model import build_tiny_model
     from tunebot import migrate
     from tunebot.core import build_core
     from tunebot.settings import Settings

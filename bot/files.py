@@ -6,20 +6,15 @@ from __future__ import annotations
 
 import re
 import tempfile
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import select, update
 
-from tunebot.db import session_scope
 from tunebot.errors import UserError
-from tunebot.models import PendingUpload, utcnow
 from tunebot.settings import Settings
 
-PENDING_MINUTES = 10
 DATASET_ADD = re.compile(
     r"^\s*(?:<@[A-Z0-9]+(?:\|[^>]*)?>\s*)?/?(?:tunebot\s+)?dataset\s+add\s+(\S+)\s*$", re.I)
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -29,35 +24,6 @@ def requested_name(text: str) -> str | None:
     """NAME when the message says `dataset add NAME` (optionally after a mention)."""
     m = DATASET_ADD.match(text or "")
     return m.group(1) if m else None
-
-
-def expect_upload(engine: Any, *, team_id: str, user_id: str, channel: str, name: str) -> None:
-    """Remember `/dataset add NAME`: this user's next file in this channel becomes NAME."""
-    now = utcnow()
-    with session_scope(engine) as session:
-        session.execute(update(PendingUpload).where(
-            PendingUpload.team_id == team_id, PendingUpload.user_id == user_id,  # type: ignore[arg-type]
-            PendingUpload.channel == channel, PendingUpload.used_at.is_(None))  # type: ignore[arg-type,union-attr]
-            .values(used_at=now))  # a newer request replaces an older one
-        session.add(PendingUpload(team_id=team_id, user_id=user_id, channel=channel, name=name,
-                                  expires_at=now + timedelta(minutes=PENDING_MINUTES)))
-
-
-def take_pending(engine: Any, *, team_id: str, user_id: str, channel: str) -> str | None:
-    """The dataset name this user asked for here in the last 10 minutes, claimed once."""
-    now = utcnow()
-    with session_scope(engine) as session:
-        row = session.execute(select(PendingUpload).where(
-            PendingUpload.team_id == team_id, PendingUpload.user_id == user_id,  # type: ignore[arg-type]
-            PendingUpload.channel == channel, PendingUpload.used_at.is_(None),  # type: ignore[arg-type,union-attr]
-            PendingUpload.expires_at > now)  # type: ignore[arg-type,operator]
-            .order_by(PendingUpload.id.desc())).scalars().first()  # type: ignore[union-attr]
-        if row is None:
-            return None
-        claimed = session.execute(update(PendingUpload).where(
-            PendingUpload.id == row.id, PendingUpload.used_at.is_(None))  # type: ignore[arg-type,union-attr]
-            .values(used_at=now)).rowcount  # type: ignore[attr-defined]
-        return row.name if claimed == 1 else None
 
 
 def trusted(url: str, hosts: list[str]) -> bool:

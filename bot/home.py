@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from slack_sdk import WebClient
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from bot.blocks import escape
-from tunebot import catalog, registry
+from tunebot import catalog, jobs, registry
 from tunebot.db import session_scope
 from tunebot.models import Job
 
@@ -44,11 +43,7 @@ def _when(job: Job) -> str:
 def _scores(engine: Engine, team_id: str) -> tuple[dict[str, Score], dict[str, Score],
                                                     list[Job], list[Job]]:
     """(last test per prompt, best score per model, recent jobs, recent comparisons)."""
-    with session_scope(engine) as session:
-        rows = list(session.execute(
-            select(Job).where(Job.team_id == team_id)  # type: ignore[arg-type]
-            .order_by(Job.id.desc()).limit(SCAN_JOBS)).scalars())  # type: ignore[union-attr]
-        session.expunge_all()
+    rows = jobs.list_jobs(engine=engine, team_id=team_id, limit=SCAN_JOBS)
     last_test: dict[str, Score] = {}
     best_model: dict[str, Score] = {}
 

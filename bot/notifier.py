@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from slack_sdk import WebClient
@@ -112,17 +113,18 @@ def _deliver_one(settings: Settings, engine: Engine, client: WebClient, job: Job
     reply = Reply.from_dict(ev.payload)
     channel = job.channel
     assert channel is not None
+    assert job.id is not None
     wait = pacer(settings).wait
     try:
         if ev.kind in ("status", "final") or job.status_ts is None:
             # The status message offers "Cancel job" until the job ends.
-            cancel = [] if ev.kind == "final" else [cancel_button(job.id)]  # type: ignore[arg-type]
+            cancel = [] if ev.kind == "final" else [cancel_button(job.id)]
             ts = _update_root(client, engine, job, reply if ev.kind != "reply" else
                               Reply(text=job.title or f"job #{job.id}"), wait, cancel)
             if ev.kind == "status":
                 return ts
         if ev.kind == "final":
-            follow_ups = buttons_for(job.kind, job.status, job.params or {}, job.id)  # type: ignore[arg-type]
+            follow_ups = buttons_for(job.kind, job.status, job.params or {}, job.id)
             if follow_ups:
                 reply = Reply(text=reply.text, blocks=[*(reply.blocks or [section(reply.text)]),
                                                        actions(follow_ups)])
@@ -142,8 +144,8 @@ def _deliver_one(settings: Settings, engine: Engine, client: WebClient, job: Job
         raise
 
 
-def _update_root(client: WebClient, engine: Engine, job: Job, reply: Reply, wait,  # type: ignore[no-untyped-def]
-                 buttons: list[dict[str, str]]) -> str:
+def _update_root(client: WebClient, engine: Engine, job: Job, reply: Reply,
+                 wait: Callable[[str], None], buttons: list[dict[str, str]]) -> str:
     """Post the job's root status message once, then keep it current with chat.update."""
     line = Reply(text=reply.status or reply.text)
     text = fallback_text(line)

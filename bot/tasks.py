@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import Task, shared_task
 
+from bot.notifier import deliver_pending
 from tunebot.jobs.queue import NOTIFY_TASK
 from tunebot.jobs.worker_state import process_state
 
@@ -11,8 +12,6 @@ from tunebot.jobs.worker_state import process_state
 @shared_task(name=NOTIFY_TASK, bind=True, max_retries=None)
 def notify(self: Task, job_id: int) -> int:
     """Post every undelivered event of the job, in order; on failure retry with backoff."""
-    from bot.notifier import deliver_pending
-
     state = process_state(self.app)
     try:
         return deliver_pending(state.settings, state.engine, int(job_id))

@@ -26,4 +26,8 @@ def test_compose_services_images_and_wiring() -> None:
         "service_completed_successfully")
     for dockerfile in ("Dockerfile.bot", "Dockerfile.worker"):
         assert (REPO / "docker" / dockerfile).is_file()
-    assert "torch==${TORCH_VERSION}" in (REPO / "docker/Dockerfile.worker").read_text()
+    worker = (REPO / "docker/Dockerfile.worker").read_text()
+    assert "torch==${TORCH_VERSION}" in worker
+    # The GPU image carries no Slack stack: no bot/ package, no `bot` extra.
+    assert "COPY bot" not in worker and "[bot" not in worker and "bot]" not in worker
+    assert '".[bot]"' in (REPO / "docker/Dockerfile.bot").read_text()

@@ -24,7 +24,8 @@ from tunebot.demo import run_demo
 from tunebot.dispatch import execute
 from tunebot.errors import UserError
 from tunebot.handlers.common import jobs_table
-from tunebot.jobs.queue import QUEUES, Sender, make_celery
+from tunebot.jobs.kinds import QUEUES
+from tunebot.jobs.queue import Sender, make_celery
 from tunebot.jobs.reconcile import Reconciler
 from tunebot.logs import install_log_filter
 from tunebot.replies import render_text
@@ -137,19 +138,22 @@ def worker(
     engine = make_engine(settings.database_url)
     reconciler = Reconciler(engine, Sender(app), settings.reconcile_seconds)
 
-    @signals.worker_ready.connect(weak=False)
+    # Connected by call rather than as decorators: Celery's untyped decorators would make
+    # these receivers untyped.
     def _start(**_: object) -> None:
         reconciler.start()
 
-    @signals.worker_shutdown.connect(weak=False)
     def _stop(**_: object) -> None:
         reconciler.stop()
 
-    @signals.after_setup_logger.connect(weak=False)
-    @signals.after_setup_task_logger.connect(weak=False)
     def _mask(logger: logging.Logger, **_: object) -> None:
         # Celery replaces the handlers it found: mask secrets on the ones it installs.
         install_log_filter(settings, logger)
+
+    signals.worker_ready.connect(_start, weak=False)
+    signals.worker_shutdown.connect(_stop, weak=False)
+    signals.after_setup_task_logger.connect(_mask, weak=False)
+    signals.after_setup_logger.connect(_mask, weak=False)
 
     name = hostname or f"tunebot-{'-'.join(chosen)}@%h"
     app.worker_main([

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from tunebot.db import session_scope
 from tunebot.models import Metric
@@ -34,8 +35,8 @@ class SqlMetricLogger:
             return
         with session_scope(self.engine) as session:
             session.execute(delete(Metric).where(
-                Metric.job_id == self.job_id, Metric.step == step,  # type: ignore[arg-type]
-                Metric.name.in_(list(values)),  # type: ignore[attr-defined]
+                col(Metric.job_id) == self.job_id, col(Metric.step) == step,
+                col(Metric.name).in_(list(values)),
             ))
             for name, value in values.items():
                 session.add(Metric(job_id=self.job_id, step=step, name=name, value=float(value)))
@@ -44,7 +45,7 @@ class SqlMetricLogger:
         """Drop metrics logged past `step` (a resumed run re-logs them from its checkpoint)."""
         with session_scope(self.engine) as session:
             session.execute(delete(Metric).where(
-                Metric.job_id == self.job_id, Metric.step > step))  # type: ignore[arg-type]
+                col(Metric.job_id) == self.job_id, col(Metric.step) > step))
 
 
 class ThreadMetricLogger:
@@ -81,6 +82,6 @@ class MultiLogger:
 def latest_metrics(*, engine: Engine, job_id: int) -> dict[str, tuple[int, float]]:
     """Each metric's latest (step, value) for a job."""
     with session_scope(engine) as session:
-        rows = session.execute(select(Metric).where(Metric.job_id == job_id)  # type: ignore[arg-type]
-                               .order_by(Metric.step)).scalars().all()  # type: ignore[arg-type]
+        rows = session.execute(select(Metric).where(col(Metric.job_id) == job_id)
+                               .order_by(col(Metric.step))).scalars().all()
         return {m.name: (m.step, m.value) for m in rows}

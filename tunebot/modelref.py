@@ -91,4 +91,4 @@ def parse_model_ref(text: str, *, usage: str = USAGE) -> ModelRef:
         return ModelRef("path", s)
     if _HUB.match(s) and ".." not in s:
         return ModelRef("hub", s)
-    raise ModelRefError(f"unknown model '{shown}'", usage)
+    raise ModelRefError(f"unknown model '{shown}': not a model reference tunebot can load", usage)

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from tunebot.db import session_scope
 from tunebot.errors import NotFound
@@ -18,14 +19,14 @@ def resolve_model(*, engine: Engine, team_id: str, name: str, version: int | Non
                   label: str | None = None) -> ModelVersion:
     """ft:NAME (newest, or the `production` label when set), ft:NAME@V or ft:NAME:LABEL."""
     with session_scope(engine) as session:
-        rows = session.execute(select(ModelVersion).where(
-            ModelVersion.team_id == team_id, ModelVersion.name == name,  # type: ignore[arg-type]
-        ).order_by(ModelVersion.version)).scalars().all()  # type: ignore[arg-type]
+        rows = session.scalars(select(ModelVersion).where(
+            col(ModelVersion.team_id) == team_id, col(ModelVersion.name) == name,
+        ).order_by(col(ModelVersion.version))).all()
         if not rows:
             raise NotFound(f"no model `ft:{name}` in this workspace; try /model list")
-        labels = {lab.label: lab.version for lab in session.execute(select(Label).where(
-            Label.team_id == team_id, Label.kind == "model",  # type: ignore[arg-type]
-            Label.name == name)).scalars()}  # type: ignore[arg-type]
+        labels = {lab.label: lab.version for lab in session.scalars(select(Label).where(
+            col(Label.team_id) == team_id, col(Label.kind) == "model",
+            col(Label.name) == name))}
     by_version = {r.version: r for r in rows}
     if label is not None:
         if label not in labels:
@@ -53,8 +54,8 @@ def register(*, engine: Engine, team_id: str, name: str, created_by: str,
              **fields: Any) -> ModelVersion:
     """Register the next version of a model name."""
     with session_scope(engine) as session:
-        latest = session.execute(select(func.max(ModelVersion.version)).where(
-            ModelVersion.team_id == team_id, ModelVersion.name == name,  # type: ignore[arg-type]
+        latest = session.execute(select(func.max(col(ModelVersion.version))).where(
+            col(ModelVersion.team_id) == team_id, col(ModelVersion.name) == name,
         )).scalar()
         mv = ModelVersion(team_id=team_id, name=name, version=(latest or 0) + 1,
                           created_by=created_by, **fields)
@@ -66,9 +67,9 @@ def register(*, engine: Engine, team_id: str, name: str, created_by: str,
 def list_models(*, engine: Engine, team_id: str) -> list[ModelVersion]:
     """Every model version of a workspace, newest first."""
     with session_scope(engine) as session:
-        return list(session.execute(select(ModelVersion).where(
-            ModelVersion.team_id == team_id)  # type: ignore[arg-type]
-            .order_by(ModelVersion.name, ModelVersion.version.desc())).scalars().all())  # type: ignore[union-attr,attr-defined]
+        return list(session.scalars(select(ModelVersion).where(
+            col(ModelVersion.team_id) == team_id)
+            .order_by(col(ModelVersion.name), col(ModelVersion.version).desc())).all())
 
 
 def set_model_label(*, engine: Engine, team_id: str, name: str, version: int, label: str,
@@ -77,8 +78,8 @@ def set_model_label(*, engine: Engine, team_id: str, name: str, version: int, la
     resolve_model(engine=engine, team_id=team_id, name=name, version=version)
     with session_scope(engine) as session:
         row = session.execute(select(Label).where(
-            Label.team_id == team_id, Label.kind == "model", Label.name == name,  # type: ignore[arg-type]
-            Label.label == label)).scalar_one_or_none()  # type: ignore[arg-type]
+            col(Label.team_id) == team_id, col(Label.kind) == "model", col(Label.name) == name,
+            col(Label.label) == label)).scalar_one_or_none()
         previous = row.version if row else None
         if row is None:
             row = Label(team_id=team_id, kind="model", name=name, label=label, version=version,

@@ -83,7 +83,8 @@ def mcnemar_exact(b: int, c: int) -> float:
     for i in range(k):
         term = term * (n - i) // (i + 1)
         tail += term
-    return min(1.0, 2 * tail / 2**n)
+    outcomes: int = 2**n  # int ** int is typed Any (a negative power is a float)
+    return min(1.0, 2 * tail / outcomes)
 
 
 def paired_bootstrap(

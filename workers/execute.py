@@ -6,6 +6,7 @@ import importlib
 import logging
 import os
 import threading
+from typing import cast
 
 from sqlalchemy.engine import Engine
 
@@ -25,7 +26,7 @@ def runner_class(kind: str) -> type:
         raise JobError(f"this worker has no runner for jobs of kind {kind!r}")
     # Runners are imported on first use, so a worker loads only what it runs.
     module, _, name = job_kind.runner.partition(":")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    return cast(type, getattr(importlib.import_module(module), name))
 
 
 class Heartbeat(threading.Thread):

@@ -10,11 +10,11 @@ from slack_bolt import App as BoltApp
 from slack_sdk import WebClient
 
 from bot.blocks import escape, fallback_text, reply_blocks
-from bot.files import PENDING_MINUTES, expect_upload
 from bot.listeners.common import UNAVAILABLE, actor_for, job_reply, run
 from bot.listeners.modals import open_prompt_form
 from tunebot.commands import parse
 from tunebot.core import Core
+from tunebot.datasets.uploads import PENDING_MINUTES, expect_upload
 from tunebot.errors import UserError
 from tunebot.replies import error
 
@@ -43,7 +43,7 @@ def register(app: BoltApp, core: Core) -> None:
                 return
             if (cmd.family, cmd.action) == ("dataset", "add"):
                 try:
-                    expect_upload(core.engine, team_id=command["team_id"],
+                    expect_upload(engine=core.engine, team_id=command["team_id"],
                                   user_id=command["user_id"],
                                   channel=command.get("channel_id", ""), name=cmd.args["name"])
                 except Exception:  # the database is away: say so, never crash

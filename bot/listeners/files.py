@@ -12,10 +12,11 @@ from slack_bolt import App as BoltApp
 from slack_sdk import WebClient
 
 from bot.blocks import fallback_text, reply_blocks
-from bot.files import download, requested_name, staging_dir, take_pending
+from bot.files import download, requested_name, staging_dir
 from bot.listeners.common import actor_for, failure_reply
 from tunebot.commands import parse
 from tunebot.core import Core
+from tunebot.datasets.uploads import take_pending
 from tunebot.dispatch import execute
 from tunebot.errors import UserError
 from tunebot.replies import Reply, error
@@ -42,7 +43,7 @@ def register(app: BoltApp, core: Core) -> None:
         name = requested_name(event.get("text", ""))
         if name is None:
             try:
-                name = take_pending(core.engine, team_id=team, user_id=user, channel=channel)
+                name = take_pending(engine=core.engine, team_id=team, user_id=user, channel=channel)
             except Exception as exc:
                 log.warning("pending upload lookup failed: %s", exc)
                 return

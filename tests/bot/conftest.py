@@ -18,8 +18,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from bot.app import build_bolt, http_app
-from tests.conftest import make_settings
-from tests.slack_api.payloads import (
+from devtools.slack_api.payloads import (
     event_body,
     event_envelope,
     signed_headers,
@@ -27,7 +26,8 @@ from tests.slack_api.payloads import (
     slash_command_fields,
     socket_envelope,
 )
-from tests.slack_api.server import SlackAPIServer
+from devtools.slack_api.server import SlackAPIServer
+from tests.conftest import make_settings
 from tunebot import migrate
 from tunebot.core import Core, build_core
 from tunebot.settings import Settings

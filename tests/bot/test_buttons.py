@@ -10,9 +10,9 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlmodel import Session
 
+from devtools.slack_api.payloads import block_actions_body
 from tests.bot.conftest import Stack, running_stack
 from tests.bot.test_session import CHANNEL, job_id_of, seed, thread_of
-from tests.slack_api.payloads import block_actions_body
 from tunebot import jobs
 from tunebot.models import Job
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from sqlmodel import Session, select
 
+from devtools.seed import ROWS
+from devtools.slack_api.payloads import event_body, message_event
 from tests.bot.conftest import BOT_TOKEN, Stack, running_stack
-from tests.slack_api.payloads import event_body, message_event
-from tests.workers.test_prompt_test_e2e import ROWS
 from tunebot.models import Dataset
 
 THREAD = "1767225600.000100"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from devtools.seed import CONTENT
+from devtools.slack_api.payloads import app_home_opened_event, block_actions_body, event_body
 from tests.bot.conftest import Stack, running_stack
 from tests.bot.test_session import job_id_of, seed, strings, thread_of
-from tests.slack_api.payloads import app_home_opened_event, block_actions_body, event_body
-from tests.workers.test_prompt_test_e2e import CONTENT
 from tunebot import catalog, registry
 from tunebot.db import session_scope
 

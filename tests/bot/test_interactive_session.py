@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from devtools.seed import ROWS
 from tests.bot.conftest import running_stack
 from tests.bot.test_buttons import buttons, click, final_message, told
 from tests.bot.test_files import THREAD, answer_in, jsonl, share
 from tests.bot.test_home import open_home
 from tests.bot.test_modals import open_form, submit
 from tests.bot.test_session import CHANNEL, job_id_of, thread_of
-from tests.workers.test_prompt_test_e2e import ROWS
 from tunebot import jobs
 
 

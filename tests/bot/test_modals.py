@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlmodel import Session, select
 
+from devtools.slack_api.payloads import view_submission_body
 from tests.bot.conftest import Stack
-from tests.slack_api.payloads import view_submission_body
 from tunebot.models import Prompt, PromptVersion
 
 GOOD = {

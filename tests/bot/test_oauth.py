@@ -29,10 +29,10 @@ from bot.oauth import (
     register_revocation,
 )
 from bot.oauth_tables import slack_bots, slack_installations, slack_oauth_states
+from devtools.slack_api.payloads import app_mention_event, event_body, signed_headers
+from devtools.slack_api.server import SlackAPIServer
 from tests.bot.conftest import Served
 from tests.conftest import make_settings
-from tests.slack_api.payloads import app_mention_event, event_body, signed_headers
-from tests.slack_api.server import SlackAPIServer
 from tunebot.crypto import DecryptionError
 from tunebot.db import make_engine
 from tunebot.settings import Settings, SettingsError

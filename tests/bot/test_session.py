@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import select
 from sqlmodel import Session
 
+from devtools.seed import ROWS, seed_colours
+from devtools.slack_api.payloads import app_home_opened_event
 from tests.bot.conftest import Client, Stack, client_for, running_stack
-from tests.slack_api.payloads import app_home_opened_event
-from tests.workers.test_prompt_test_e2e import ROWS, seed_colours
 from tunebot import datasets, jobs
 from tunebot.models import Job, JobEvent
 
@@ -44,7 +44,7 @@ def said(answer: dict) -> str:
 def seed(stack: Stack, tmp_path: Path) -> None:
     """The colours prompt (two versions), its eval set and a training set."""
     app, settings = stack.core, stack.settings
-    seed_colours(app, settings, tmp_path)
+    seed_colours(app.engine, settings, tmp_path)
     shades = ("light", "dark", "bright", "pale", "deep")
     train = tmp_path / "colours-train.jsonl"
     train.write_text("".join(json.dumps({"colour": f"{sh} {r['colour']}",

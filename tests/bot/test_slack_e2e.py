@@ -8,8 +8,8 @@ import time
 from sqlalchemy import func, select
 from sqlmodel import Session
 
+from devtools.slack_api.payloads import app_mention_event, event_body, slash_command_body
 from tests.bot.conftest import SECRET, Stack
-from tests.slack_api.payloads import app_mention_event, event_body, slash_command_body
 from tunebot.models import Job
 
 
@@ -115,9 +115,22 @@ def test_signed_secret_is_the_one_the_bot_uses() -> None:
     assert SECRET  # keeps the constant referenced for readers of this module
 
 
+def test_a_slash_command_is_parsed_once_on_its_way_in(stack: Stack, monkeypatch) -> None:
+    """HTTP mode: routing parses the text and the listener takes that command as it is."""
+    import bot.listeners.commands as listener
+
+    def second_parse(*_: object, **__: object) -> None:
+        raise AssertionError("the listener parsed the command again")
+
+    monkeypatch.setattr(listener, "parse", second_parse)
+    ack = stack.slash("ping seconds=0.2").json()
+    assert "Queued" in ack["text"], ack
+    wait_root_final(stack)
+
+
 def test_slash_commands_take_the_ordered_lane_and_the_rest_the_pool() -> None:
     from bot.app import lane
-    from tests.slack_api.payloads import block_actions_body
+    from devtools.slack_api.payloads import block_actions_body
 
     form, js = "application/x-www-form-urlencoded", "application/json"
     assert lane(slash_command_body("test sentiment on sentiment-eval"), form) == "commands"

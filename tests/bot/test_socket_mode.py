@@ -7,14 +7,14 @@ import threading
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 
 from bot.app import build_bolt
-from tests.bot.conftest import Stack
-from tests.bot.test_slack_e2e import job_count, wait_root_final
-from tests.slack_api.payloads import (
+from devtools.slack_api.payloads import (
     app_mention_event,
     event_envelope,
     slash_command_fields,
     socket_envelope,
 )
+from tests.bot.conftest import Stack
+from tests.bot.test_slack_e2e import job_count, wait_root_final
 
 
 def test_slash_command_and_retried_event_over_socket_mode(stack: Stack) -> None:
@@ -44,9 +44,9 @@ def test_slash_command_and_retried_event_over_socket_mode(stack: Stack) -> None:
 
 
 def test_form_errors_and_buttons_over_socket_mode(stack: Stack) -> None:
+    from devtools.slack_api.payloads import block_actions_payload, view_submission_payload
     from tests.bot.conftest import SocketClient
     from tests.bot.test_modals import GOOD, values
-    from tests.slack_api.payloads import block_actions_payload, view_submission_payload
 
     client = SocketClient(stack)
     try:

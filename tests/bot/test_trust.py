@@ -11,16 +11,16 @@ from pathlib import Path
 
 import httpx
 
-from tests.bot.conftest import BOT_TOKEN, SECRET, free_port, running_stack
-from tests.bot.test_session import said
-from tests.conftest import REPO, settings_env
-from tests.slack_api.payloads import (
+from devtools.slack_api.payloads import (
     app_mention_event,
     event_body,
     signed_headers,
     slash_command_body,
 )
-from tests.slack_api.server import SlackAPIServer
+from devtools.slack_api.server import SlackAPIServer
+from tests.bot.conftest import BOT_TOKEN, SECRET, free_port, running_stack
+from tests.bot.test_session import said
+from tests.conftest import REPO, settings_env
 from tunebot import jobs, migrate
 from tunebot.logs import TokenFilter
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 
+from devtools.slack_api.payloads import app_mention_event, event_body, slash_command_body
 from tests.reliability.conftest import FULL, Report
 from tests.reliability.stack import all_jobs, running_stack
-from tests.slack_api.payloads import app_mention_event, event_body, slash_command_body
 from tunebot.models import FINAL_STATUSES
 
 

@@ -15,14 +15,14 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlmodel import Session
 
-from tests.reliability.conftest import FULL, Report, size
-from tests.reliability.stack import job_count, running_stack
-from tests.slack_api.payloads import (
+from devtools.slack_api.payloads import (
     app_mention_event,
     block_actions_body,
     event_body,
     slash_command_body,
 )
+from tests.reliability.conftest import FULL, Report, size
+from tests.reliability.stack import job_count, running_stack
 from tunebot import catalog, datasets, jobs
 from tunebot.buttons import RERUN
 from tunebot.db import session_scope

@@ -16,11 +16,11 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from bot.blocks import fallback_text, reply_blocks
+from devtools.slack_api.payloads import signature, slash_command_body
 from tests.bot.conftest import BOT_TOKEN, SECRET
 from tests.conftest import REPO, make_settings
 from tests.reliability.conftest import Report
 from tests.reliability.stack import job_count, running_stack
-from tests.slack_api.payloads import signature, slash_command_body
 from tunebot import catalog, datasets, jobs, migrate, registry, templates
 from tunebot.commands import parse
 from tunebot.core import Actor, Core, Outcome

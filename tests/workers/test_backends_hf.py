@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from devtools.tiny_model import build_tiny_model
 from tests.conftest import make_settings
-from tests.tiny_model import build_tiny_model
 from tunebot.errors import JobError
 from workers.backends import gguf_cache
 from workers.backends.base import GenParams

@@ -9,42 +9,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlmodel import Session
 
+from devtools.seed import ROWS, seed_colours
 from tests.conftest import make_settings, wait_final
-from tunebot import catalog, datasets, jobs, migrate
+from tunebot import datasets, jobs, migrate
 from tunebot.commands import parse
 from tunebot.core import Actor, build_core
-from tunebot.db import session_scope
 from tunebot.dispatch import execute
 from tunebot.models import CaseResult
 from tunebot.replies import Reply, render_text
-
-CONTENT = {
-    "messages": [
-        {"role": "system", "content": "Classify the colour as warm or cool. Answer one word."},
-        {"role": "user", "content": "colour: {{ colour }}"},
-    ],
-    "variables": {"colour": "a colour name"},
-    "params": {"temperature": 0.0, "max_new_tokens": 4},
-    "output": {"format": "choice", "choices": ["warm", "cool"]},
-}
-ROWS = [{"colour": c, "expected": w} for c, w in
-        [("red", "warm"), ("orange", "warm"), ("yellow", "warm"), ("blue", "cool"),
-         ("green", "cool"), ("purple", "cool"), ("pink", "warm"), ("teal", "cool")] * 3]
-
-
-def seed_colours(app, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """The colours prompt (v1, and v2 asking for the answer) and its eval set in T0TEAM."""
-    with session_scope(app.engine) as s:
-        catalog.save_version(session=s, team_id="T0TEAM", name="colours", content=CONTENT,
-                             author="U0ALICE", message="v1")
-        v2 = dict(CONTENT, messages=[CONTENT["messages"][0],
-                                     {"role": "user", "content": "Colour: {{ colour }}\nAnswer:"}])
-        catalog.save_version(session=s, team_id="T0TEAM", name="colours", content=v2,
-                             author="U0ALICE", message="v2")
-    data = tmp_path / "colours-eval.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    datasets.add_dataset(engine=app.engine, settings=settings, team_id="T0TEAM",
-                         name="colours-eval", path=data, user="U0ALICE")
 
 
 @pytest.fixture
@@ -52,7 +24,7 @@ def world(tmp_path: Path, start_worker, tiny_model_dir: Path):  # type: ignore[n
     settings = make_settings(tmp_path)
     migrate.upgrade(settings.database_url)
     app = build_core(settings)
-    seed_colours(app, settings, tmp_path)
+    seed_colours(app.engine, settings, tmp_path)
     worker = start_worker(settings, "inference,gpu")
     actor = Actor(team_id="T0TEAM", user_id="U0ALICE")
     return settings, app, actor, worker, tiny_model_dir

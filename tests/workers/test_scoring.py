@@ -25,7 +25,7 @@ from workers.scoring import (
     validate_specs,
 )
 from workers.scoring import text as text_scorers
-from workers.scoring.embedding import load_embedder, model_dir
+from workers.scoring.embedder import load_embedder, model_dir
 
 
 def run(spec, output, expected=None, ctx=None) -> Score:

@@ -29,6 +29,7 @@ from tunebot.catalog.store import (
     labels_of,
     latest_version,
     list_prompts,
+    prompt_of,
     resolve,
     save_version,
     set_label,
@@ -40,6 +41,6 @@ __all__ = [
     "VERSION_META", "Diff", "History", "LabelMove", "PromptContent", "PromptSummary",
     "check_content", "check_meta", "content_hash", "delete", "diff", "ensure_prompt",
     "get_prompt", "get_version", "history", "insert_version", "labels_of", "latest_version",
-    "list_prompts", "parse_content", "resolve", "save_version", "set_label", "set_metadata",
-    "validation_text", "versions_of",
+    "list_prompts", "parse_content", "prompt_of", "resolve", "save_version", "set_label",
+    "set_metadata", "validation_text", "versions_of",
 ]

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -21,7 +20,7 @@ from tunebot import catalog
 from tunebot.commands import Ref, parse_name
 from tunebot.datasets.store import EXTENSIONS, add_dataset, list_datasets
 from tunebot.db import session_scope
-from tunebot.errors import UserError
+from tunebot.errors import NotFound, UserError
 from tunebot.models import Prompt
 from tunebot.settings import Settings
 
@@ -233,8 +232,11 @@ def _apply(session: Any, team_id: str, user: str, name: str, data: dict[str, Any
            versions: list[dict[str, Any]], contents: list[catalog.PromptContent],
            labels: dict[str, int]) -> tuple[str, str]:
     owner = str(data.get("owner") or user)
-    existing = session.execute(select(Prompt).where(
-        Prompt.team_id == team_id, Prompt.name == name)).scalar_one_or_none()
+    try:
+        existing: Prompt | None = catalog.get_prompt(session=session, team_id=team_id, name=name,
+                                                     include_deleted=True)
+    except NotFound:
+        existing = None
     was_new = existing is None
     restored = existing is not None and existing.deleted_at is not None
     prompt, _ = catalog.ensure_prompt(session=session, team_id=team_id, name=name, owner=owner)
@@ -285,7 +287,7 @@ def _literal_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
-class _Dumper(yaml.SafeDumper):
+class _Dumper(yaml.SafeDumper):  # type: ignore[misc]  # PyYAML has no type stubs here
     """Readable YAML: multi-line strings as literal blocks, no anchors."""
 
     def ignore_aliases(self, data: Any) -> bool:
@@ -298,7 +300,8 @@ _Dumper.add_representer(str, _literal_str)
 
 def dump_yaml(data: Any) -> str:
     """YAML text in the catalog's style (key order kept, block strings, unicode as is)."""
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
+    text: str = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
+    return text
 
 
 def prompt_document(*, session: Any, prompt: Prompt) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from tunebot.access import require_owner_or_admin
 from tunebot.catalog.content import (
@@ -37,8 +37,8 @@ def _not_found(name: str) -> NotFound:
 def get_prompt(*, session: Session, team_id: str, name: str,
                include_deleted: bool = False) -> Prompt:
     """A live prompt of the workspace by name, or NotFound."""
-    row = session.execute(select(Prompt).where(
-        Prompt.team_id == team_id, Prompt.name == name)).scalar_one_or_none()
+    row = session.scalars(select(Prompt).where(
+        col(Prompt.team_id) == team_id, col(Prompt.name) == name)).one_or_none()
     if row is None or (row.deleted_at is not None and not include_deleted):
         raise _not_found(name)
     return row
@@ -47,22 +47,29 @@ def get_prompt(*, session: Session, team_id: str, name: str,
 def versions_of(*, session: Session, prompt: Prompt) -> list[PromptVersion]:
     """All versions of a prompt, oldest first."""
     return list(session.execute(select(PromptVersion).where(
-        PromptVersion.team_id == prompt.team_id, PromptVersion.prompt_id == prompt.id,
-    ).order_by(PromptVersion.version)).scalars())
+        col(PromptVersion.team_id) == prompt.team_id, col(PromptVersion.prompt_id) == prompt.id,
+    ).order_by(col(PromptVersion.version))).scalars())
+
+
+def prompt_of(*, session: Session, version: PromptVersion) -> tuple[Prompt, list[PromptVersion]]:
+    """The prompt a version belongs to (deleted or not) and all its versions, oldest first."""
+    prompt = session.get(Prompt, version.prompt_id)
+    assert prompt is not None  # versions are never deleted, nor are prompt rows
+    return prompt, versions_of(session=session, prompt=prompt)
 
 
 def latest_version(*, session: Session, prompt: Prompt) -> PromptVersion | None:
     """The newest version of a prompt, if it has any."""
     return session.execute(select(PromptVersion).where(
-        PromptVersion.team_id == prompt.team_id, PromptVersion.prompt_id == prompt.id,
-    ).order_by(PromptVersion.version.desc()).limit(1)).scalar_one_or_none()  # type: ignore[attr-defined]
+        col(PromptVersion.team_id) == prompt.team_id, col(PromptVersion.prompt_id) == prompt.id,
+    ).order_by(col(PromptVersion.version).desc()).limit(1)).scalar_one_or_none()
 
 
 def get_version(*, session: Session, prompt: Prompt, version: int) -> PromptVersion:
     """One version of a prompt, or NotFound naming the latest."""
-    row = session.execute(select(PromptVersion).where(
-        PromptVersion.team_id == prompt.team_id, PromptVersion.prompt_id == prompt.id,
-        PromptVersion.version == version)).scalar_one_or_none()
+    row = session.scalars(select(PromptVersion).where(
+        col(PromptVersion.team_id) == prompt.team_id, col(PromptVersion.prompt_id) == prompt.id,
+        col(PromptVersion.version) == version)).one_or_none()
     if row is None:
         latest = latest_version(session=session, prompt=prompt)
         raise NotFound(f"{prompt.name} has no version {version} "
@@ -73,8 +80,8 @@ def get_version(*, session: Session, prompt: Prompt, version: int) -> PromptVers
 def labels_of(*, session: Session, team_id: str, name: str) -> dict[str, int]:
     """A prompt's labels and the versions they point at."""
     rows = session.execute(select(Label).where(
-        Label.team_id == team_id, Label.kind == KIND, Label.name == name,
-    ).order_by(Label.label)).scalars()
+        col(Label.team_id) == team_id, col(Label.kind) == KIND, col(Label.name) == name,
+    ).order_by(col(Label.label))).scalars()
     return {r.label: r.version for r in rows}
 
 
@@ -123,8 +130,9 @@ def set_metadata(*, session: Session, prompt: Prompt, description: str | None = 
     """Change a prompt's description, tags, dataset links or owner; True when anything changed."""
     check_meta(description=description, tags=tags, datasets=datasets)
     changed = False
-    for attr, value in (("description", description), ("tags", tags),
-                        ("datasets", datasets), ("owner", owner)):
+    fields: tuple[tuple[str, Any], ...] = (("description", description), ("tags", tags),
+                                           ("datasets", datasets), ("owner", owner))
+    for attr, value in fields:
         if value is not None and getattr(prompt, attr) != value:
             setattr(prompt, attr, list(value) if attr == "tags" else
                     dict(value) if attr == "datasets" else value)
@@ -141,7 +149,8 @@ def insert_version(*, session: Session, prompt: Prompt, version: int, content: P
     problems = check_content(content)
     if problems:
         raise UserError(f"{prompt.name} v{version}: " + "\n".join(problems))
-    row = PromptVersion(team_id=prompt.team_id, prompt_id=prompt.id, version=version,  # type: ignore[arg-type]
+    assert prompt.id is not None  # a stored prompt (get_prompt, ensure_prompt flushes)
+    row = PromptVersion(team_id=prompt.team_id, prompt_id=prompt.id, version=version,
                         content=content.canonical(), content_hash=content_hash(content),
                         author=author, message=message or "")
     prompt.updated_at = utcnow()
@@ -155,7 +164,7 @@ def ensure_prompt(*, session: Session, team_id: str, name: str, owner: str) -> t
     """The prompt row for a name, created (or brought back from soft deletion) when needed."""
     parse_name(name, "/prompt new  (name: in the YAML file)", "prompt name")
     row = session.execute(select(Prompt).where(
-        Prompt.team_id == team_id, Prompt.name == name)).scalar_one_or_none()
+        col(Prompt.team_id) == team_id, col(Prompt.name) == name)).scalar_one_or_none()
     if row is None:
         row = Prompt(team_id=team_id, name=name, owner=owner)
         session.add(row)
@@ -180,7 +189,7 @@ def save_version(*, session: Session, team_id: str, name: str,
     parsed = parse_content(content)
     check_meta(description=description, tags=tags, datasets=datasets)
     existing = session.execute(select(Prompt).where(
-        Prompt.team_id == team_id, Prompt.name == name)).scalar_one_or_none()
+        col(Prompt.team_id) == team_id, col(Prompt.name) == name)).scalar_one_or_none()
     live = existing is not None and existing.deleted_at is None
     if mode == "new" and live:
         raise UserError(f"prompt `{name}` already exists; use /prompt edit {name} to add a version")
@@ -217,8 +226,8 @@ def set_label(*, session: Session, team_id: str, ref: Ref | str, label: str,
     version = resolve(session=session, team_id=team_id, ref=ref)
     name = ref.name if isinstance(ref, Ref) else parse_ref(ref, "/prompt label REF LABEL").name
     row = session.execute(select(Label).where(
-        Label.team_id == team_id, Label.kind == KIND, Label.name == name,
-        Label.label == label)).scalar_one_or_none()
+        col(Label.team_id) == team_id, col(Label.kind) == KIND, col(Label.name) == name,
+        col(Label.label) == label)).scalar_one_or_none()
     before = row.version if row is not None else None
     if before == version.version:
         return LabelMove(name, label, version.version, before, False)
@@ -248,11 +257,12 @@ class PromptSummary:
 def list_prompts(*, session: Session, team_id: str, query: str = "") -> list[PromptSummary]:
     """Live prompts, filtered by words found in name, tags, description or template text."""
     prompts = session.execute(select(Prompt).where(
-        Prompt.team_id == team_id, Prompt.deleted_at.is_(None),  # type: ignore[union-attr]
-    ).order_by(Prompt.name)).scalars().all()
-    latest_ids = dict(session.execute(
-        select(PromptVersion.prompt_id, func.max(PromptVersion.version))
-        .where(PromptVersion.team_id == team_id).group_by(PromptVersion.prompt_id)).all())
+        col(Prompt.team_id) == team_id, col(Prompt.deleted_at).is_(None),
+    ).order_by(col(Prompt.name))).scalars().all()
+    latest_ids: dict[int | None, int] = dict(session.execute(
+        select(col(PromptVersion.prompt_id), func.max(col(PromptVersion.version)))
+        .where(col(PromptVersion.team_id) == team_id)
+        .group_by(col(PromptVersion.prompt_id))).tuples().all())
     words = query.lower().split()
     out = []
     for p in prompts:
@@ -281,8 +291,9 @@ def history(*, session: Session, team_id: str, name: str) -> History:
     """Versions and label moves of a live prompt."""
     prompt = get_prompt(session=session, team_id=team_id, name=name)
     moves = session.execute(select(LabelHistory).where(
-        LabelHistory.team_id == team_id, LabelHistory.kind == KIND, LabelHistory.name == name,
-    ).order_by(LabelHistory.moved_at, LabelHistory.id)).scalars().all()
+        col(LabelHistory.team_id) == team_id, col(LabelHistory.kind) == KIND,
+        col(LabelHistory.name) == name,
+    ).order_by(col(LabelHistory.moved_at), col(LabelHistory.id))).scalars().all()
     return History(prompt, versions_of(session=session, prompt=prompt), list(moves))
 
 

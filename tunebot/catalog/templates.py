@@ -13,7 +13,7 @@ import contextvars
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from jinja2 import (
     StrictUndefined,
@@ -22,6 +22,7 @@ from jinja2 import (
     UndefinedError,
     meta,
     nodes,
+    pass_eval_context,
 )
 from jinja2.exceptions import SecurityError
 from jinja2.filters import FILTERS
@@ -116,24 +117,22 @@ def _replaced_len(s: str, old: str, new: str, count: int = -1) -> int:
     return len(s) + hits * (len(new) - len(old))
 
 
+@pass_eval_context  # takes the eval context first, as jinja2's own `replace` filter does
 def _safe_replace(eval_ctx: Any, s: Any, old: Any, new: Any, count: int | None = None) -> Any:
     _check_len(_replaced_len(str(s), str(old), str(new), -1 if count is None else count))
     return FILTERS["replace"](eval_ctx, s, old, new, count)
-
-
-_safe_replace.jinja_pass_arg = FILTERS["replace"].jinja_pass_arg  # type: ignore[attr-defined]
 
 
 class _Guard(NodeTransformer):
     """Routes every for-loop through the step budget and every `~` through the size check."""
 
     def visit_For(self, node: nodes.For) -> nodes.Node:  # noqa: N802
-        node = self.generic_visit(node)
+        node = cast(nodes.For, self.generic_visit(node))
         node.iter = nodes.Filter(node.iter, "tb_iter", [], [], None, None, lineno=node.lineno)
         return node
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:  # noqa: N802
-        node = self.generic_visit(node)
+        node = cast(nodes.Concat, self.generic_visit(node))
         items = nodes.List(node.nodes, lineno=node.lineno)
         return nodes.Filter(items, "tb_concat", [], [], None, None, lineno=node.lineno)
 
@@ -152,7 +151,7 @@ class PromptSandbox(ImmutableSandboxedEnvironment):
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         tree = super()._parse(source, name, filename)
-        return _Guard().visit(tree)
+        return cast(nodes.Template, _Guard().visit(tree))
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         """Only plain data methods on str/dict/list; the sandbox's own rules for the rest."""

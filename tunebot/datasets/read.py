@@ -323,7 +323,7 @@ def _take_header(reader: LineReader, line: int, cells: list[str]) -> bool:
     return True
 
 
-class _YamlLoader(yaml.SafeLoader):
+class _YamlLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML has no type stubs here
     """SafeLoader without aliases (an alias bomb expands when serialised) or timestamps."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:

@@ -25,7 +25,7 @@ SCALARS = (str, int, float, bool, type(None))
 _INJECTION_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-class Row(dict):
+class Row(dict[str, Any]):
     """A catalog row: a plain dict that also remembers the line it came from."""
 
     __slots__ = ("line",)

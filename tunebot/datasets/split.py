@@ -37,7 +37,7 @@ def split(
     if n < MIN_FOR_SPLIT:
         return list(examples), [], NO_SPLIT_NOTE
     if explicit:
-        n_val = min(n - 1, max(1, round(float(val_split) * n)))  # type: ignore[arg-type]
+        n_val = min(n - 1, max(1, round(float(val_split) * n)))
         how = f"val_split={val_split}"
     else:
         n_val = min(AUTO_MAX, max(AUTO_MIN, round(AUTO_FRACTION * n)))
@@ -108,8 +108,10 @@ def answer_of(item: Any) -> str | None:
         answers = [m.get("content") for m in messages
                    if isinstance(m, Mapping) and m.get("role") == "assistant"]
         return answers[-1] if answers and isinstance(answers[-1], str) else None
-    if isinstance(item, Mapping) and isinstance(item.get("expected"), str):
-        return item["expected"]
+    if isinstance(item, Mapping):
+        expected = item.get("expected")
+        if isinstance(expected, str):
+            return expected
     return None
 
 
@@ -196,8 +198,10 @@ def input_texts(item: Any) -> list[str]:
 def _messages(item: Any) -> list[Any] | None:
     if isinstance(item, Example):
         return item.messages
-    if isinstance(item, Mapping) and isinstance(item.get("messages"), list):
-        return item["messages"]
+    if isinstance(item, Mapping):
+        messages = item.get("messages")
+        if isinstance(messages, list):
+            return messages
     return None
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
 
 from tunebot.access import require_owner_or_admin
 from tunebot.commands import parse_name
@@ -43,10 +44,11 @@ def dataset_dir(settings: Settings, team_id: str) -> Path:
 
 
 def _live(session: Any, team_id: str, name: str) -> Dataset | None:
-    return session.execute(select(Dataset).where(
-        Dataset.team_id == team_id, Dataset.name == name,
-        Dataset.deleted_at.is_(None),  # type: ignore[union-attr]
-    ).order_by(Dataset.version.desc()).limit(1)).scalar_one_or_none()  # type: ignore[attr-defined]
+    row: Dataset | None = session.execute(select(Dataset).where(
+        col(Dataset.team_id) == team_id, col(Dataset.name) == name,
+        col(Dataset.deleted_at).is_(None),
+    ).order_by(col(Dataset.version).desc()).limit(1)).scalar_one_or_none()
+    return row
 
 
 def add_dataset(*, engine: Engine, settings: Settings, team_id: str, name: str, path: Path,
@@ -100,8 +102,8 @@ def _store(engine: Engine, settings: Settings, team_id: str, name: str, path: Pa
             latest = _live(session, team_id, name)
             if latest is not None and latest.content_hash == content_hash:
                 return latest, False
-            top = session.execute(select(func.max(Dataset.version)).where(
-                Dataset.team_id == team_id, Dataset.name == name)).scalar_one()
+            top = session.execute(select(func.max(col(Dataset.version))).where(
+                col(Dataset.team_id) == team_id, col(Dataset.name) == name)).scalar_one()
             version = (top or 0) + 1
         target = target_dir / f"{name}-v{version}.{EXTENSIONS.get(fmt, 'jsonl')}"
         target_dir.mkdir(parents=True, exist_ok=True)
@@ -128,10 +130,10 @@ def get_dataset(*, engine: Engine, team_id: str, name: str,
             raise NotFound(f"no dataset `{name}` in this workspace; try /dataset list")
         if version is None or version == latest.version:
             return latest
-        row = session.execute(select(Dataset).where(
-            Dataset.team_id == team_id, Dataset.name == name, Dataset.version == version,
-            Dataset.deleted_at.is_(None),  # type: ignore[union-attr]
-        )).scalar_one_or_none()
+        row = session.scalars(select(Dataset).where(
+            col(Dataset.team_id) == team_id, col(Dataset.name) == name,
+            col(Dataset.version) == version, col(Dataset.deleted_at).is_(None),
+        )).one_or_none()
         if row is None:
             raise NotFound(f"{name} has no version {version} (latest is {latest.version})")
         return row
@@ -141,8 +143,8 @@ def list_datasets(*, engine: Engine, team_id: str) -> list[Dataset]:
     """The latest live version of every dataset of a workspace, by name."""
     with session_scope(engine) as session:
         rows = session.execute(select(Dataset).where(
-            Dataset.team_id == team_id, Dataset.deleted_at.is_(None),  # type: ignore[union-attr]
-        ).order_by(Dataset.name, Dataset.version)).scalars().all()
+            col(Dataset.team_id) == team_id, col(Dataset.deleted_at).is_(None),
+        ).order_by(col(Dataset.name), col(Dataset.version))).scalars().all()
     latest: dict[str, Dataset] = {}
     for row in rows:
         latest[row.name] = row
@@ -169,9 +171,9 @@ def delete_dataset(*, engine: Engine, team_id: str, name: str, actor: Actor) -> 
     """Soft-delete every version of a dataset (its first uploader or an admin); the count."""
     with session_scope(engine) as session:
         rows = session.execute(select(Dataset).where(
-            Dataset.team_id == team_id, Dataset.name == name,
-            Dataset.deleted_at.is_(None),  # type: ignore[union-attr]
-        ).order_by(Dataset.version)).scalars().all()
+            col(Dataset.team_id) == team_id, col(Dataset.name) == name,
+            col(Dataset.deleted_at).is_(None),
+        ).order_by(col(Dataset.version))).scalars().all()
         if not rows:
             raise NotFound(f"no dataset `{name}` in this workspace; try /dataset list")
         require_owner_or_admin(rows[0].created_by, actor, f"dataset `{name}`")

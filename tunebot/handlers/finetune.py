@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tunebot import datasets, hyperparams, jobs
 from tunebot.commands import Command, parse_name, parse_ref
@@ -44,7 +44,8 @@ def plan(cmd: Command, actor: Actor, app: Core, *, model: str) -> dict[str, Any]
     if template == "full" and prompt is None:
         raise UserError("template=full renders the catalog prompt: give prompt=REF", usage)
     ds = datasets.get_dataset(engine=app.engine, team_id=actor.team_id,
-                              name=cmd.args.get("dataset") or cmd.args.get("name"))
+                              # the parser requires DATASET (or NAME) before a handler runs
+                              name=cast(str, cmd.args.get("dataset") or cmd.args.get("name")))
     return {"model": check_model(app, actor, model, usage), "dataset": ds.name,
             "dataset_version": ds.version, "prompt": prompt, "template": template,
             "name": name, "hp": raw}

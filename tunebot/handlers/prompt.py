@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.exc import IntegrityError
 
@@ -254,7 +254,8 @@ def delete(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
     return Outcome(Reply(text=text, blocks=[section(text)]))
 
 
-def _save(cmd: Command, actor: Actor, app: Core, file: Path | None, mode: str) -> Outcome:
+def _save(cmd: Command, actor: Actor, app: Core, file: Path | None,
+          mode: Literal["new", "edit"]) -> Outcome:
     if file is None:
         raise _usage_file(cmd)
     meta, fields_ = read_version_file(file)
@@ -270,7 +271,7 @@ def _save(cmd: Command, actor: Actor, app: Core, file: Path | None, mode: str) -
         with session_scope(app.engine) as session:
             v, created = catalog.save_version(
                 session=session, team_id=actor.team_id, name=str(name), content=fields_,
-                author=actor.user_id, message=str(fields_.get("message") or ""), mode=mode,  # type: ignore[arg-type]
+                author=actor.user_id, message=str(fields_.get("message") or ""), mode=mode,
                 description=meta.get("description"), tags=meta.get("tags"),
                 datasets=meta.get("datasets"))
     except IntegrityError:

@@ -12,7 +12,7 @@ from datetime import timedelta
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from tunebot.db import session_scope
 from tunebot.jobs.kinds import Waker
@@ -27,8 +27,8 @@ def add_event(*, session: Session, job: Job, reply: Reply, kind: str,
     """Add the job's next event to the caller's transaction (seq given, or max + 1)."""
     if seq is None:
         seq = session.execute(
-            select(func.coalesce(func.max(JobEvent.seq), 0))
-            .where(JobEvent.job_id == job.id)  # type: ignore[arg-type]
+            select(func.coalesce(func.max(col(JobEvent.seq)), 0))
+            .where(col(JobEvent.job_id) == job.id)
         ).scalar_one() + 1
     assert job.id is not None
     event = JobEvent(job_id=job.id, team_id=job.team_id, seq=seq, kind=kind,
@@ -70,9 +70,9 @@ def read_events(*, engine: Engine, job_id: int, after_seq: int = 0) -> list[JobE
     """A job's events after a sequence number, in order."""
     with Session(engine, expire_on_commit=False) as session:
         rows = session.execute(
-            select(JobEvent).where(JobEvent.job_id == job_id,  # type: ignore[arg-type]
-                                   JobEvent.seq > after_seq)  # type: ignore[arg-type]
-            .order_by(JobEvent.seq)  # type: ignore[arg-type]
+            select(JobEvent).where(col(JobEvent.job_id) == job_id,
+                                   col(JobEvent.seq) > after_seq)
+            .order_by(col(JobEvent.seq))
         ).scalars().all()
         return list(rows)
 
@@ -81,20 +81,20 @@ def claim_delivery(*, engine: Engine, job_id: int, owner: str, seconds: float) -
     """Become the job's one deliverer for `seconds`: keeps its thread in order, posted once."""
     now = utcnow()
     with session_scope(engine) as session:
-        res = session.execute(
-            update(Job).where(Job.id == job_id,  # type: ignore[arg-type]
-                              or_(Job.notify_owner.is_(None),  # type: ignore[union-attr]
-                                  Job.notify_until < now))  # type: ignore[operator]
+        res = session.exec(
+            update(Job).where(col(Job.id) == job_id,
+                              or_(col(Job.notify_owner).is_(None),
+                                  col(Job.notify_until) < now))
             .values(notify_owner=owner, notify_until=now + timedelta(seconds=seconds))
         )
-        return res.rowcount == 1  # type: ignore[attr-defined]
+        return res.rowcount == 1
 
 
 def release_delivery(*, engine: Engine, job_id: int, owner: str) -> None:
     """Give up the job's delivery claim (if we still hold it)."""
     with session_scope(engine) as session:
-        session.execute(update(Job).where(Job.id == job_id,  # type: ignore[arg-type]
-                                          Job.notify_owner == owner)  # type: ignore[arg-type]
+        session.execute(update(Job).where(col(Job.id) == job_id,
+                                          col(Job.notify_owner) == owner)
                         .values(notify_owner=None, notify_until=None))
 
 
@@ -103,9 +103,9 @@ def next_undelivered(*, engine: Engine, job_id: int) -> tuple[Job | None, JobEve
     with Session(engine, expire_on_commit=False) as session:
         job = session.get(Job, job_id)
         ev = session.execute(
-            select(JobEvent).where(JobEvent.job_id == job_id,  # type: ignore[arg-type]
-                                   JobEvent.delivered_at.is_(None))  # type: ignore[union-attr]
-            .order_by(JobEvent.seq).limit(1)  # type: ignore[arg-type]
+            select(JobEvent).where(col(JobEvent.job_id) == job_id,
+                                   col(JobEvent.delivered_at).is_(None))
+            .order_by(col(JobEvent.seq)).limit(1)
         ).scalars().first()
         return job, ev
 
@@ -113,14 +113,14 @@ def next_undelivered(*, engine: Engine, job_id: int) -> tuple[Job | None, JobEve
 def mark_delivered(*, engine: Engine, event_id: int, slack_ts: str | None) -> None:
     """Record that an event reached its thread (and the message it became)."""
     with session_scope(engine) as session:
-        session.execute(update(JobEvent).where(JobEvent.id == event_id)  # type: ignore[arg-type]
+        session.execute(update(JobEvent).where(col(JobEvent.id) == event_id)
                         .values(delivered_at=utcnow(), slack_ts=slack_ts,
-                                delivery_attempts=JobEvent.delivery_attempts + 1))
+                                delivery_attempts=col(JobEvent.delivery_attempts) + 1))
 
 
 def record_status_message(*, engine: Engine, job_id: int, status_ts: str,
                           thread_ts: str) -> None:
     """Store the job's root status message and the thread its replies go to."""
     with session_scope(engine) as session:
-        session.execute(update(Job).where(Job.id == job_id)  # type: ignore[arg-type]
+        session.execute(update(Job).where(col(Job.id) == job_id)
                         .values(status_ts=status_ts, thread_ts=thread_ts))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from tunebot.jobs.kinds import QUEUES
 from tunebot.settings import Settings
@@ -34,13 +34,16 @@ def make_celery(settings: Settings, queues: tuple[str, ...] = ()) -> Celery:
 
         kombu_sql.Transport.polling_interval = 0.2
         transport = {"connect_args": {"timeout": 30}}
+    # kombu's Queue and Exchange constructors have no annotations
+    declared = [Queue(q, Exchange(q, type="direct"),  # type: ignore[no-untyped-call]  # untyped kombu
+                      routing_key=q) for q in QUEUES]
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",
         task_ignore_result=True,
         task_routes=TASK_ROUTES,
-        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
+        task_queues=declared,
         task_default_queue="inference",
         worker_prefetch_multiplier=1,
         # acks_late: a killed worker's message comes back; the SQL lease makes a second
@@ -54,7 +57,7 @@ def make_celery(settings: Settings, queues: tuple[str, ...] = ()) -> Celery:
         task_send_sent_event=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
-    app.tunebot_settings = settings  # type: ignore[attr-defined]
+    app.tunebot_settings = settings
     return app
 
 

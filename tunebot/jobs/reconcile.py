@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from tunebot.db import session_scope
 from tunebot.jobs.events import add_event
@@ -40,14 +41,15 @@ def reconcile(*, engine: Engine, waker: Waker | None, resend_after: float) -> Re
     out = Reconciled([], [], [])
     with session_scope(engine) as session:
         expired = session.execute(
-            select(Job).where(Job.status == "running",  # type: ignore[arg-type]
-                              Job.lease_expires_at < now)  # type: ignore[arg-type,operator]
+            select(Job).where(col(Job.status) == "running",
+                              col(Job.lease_expires_at) < now)
         ).scalars().all()
         for job in expired:
             # Compare-and-set on the lease we saw, so two reconcilers never both act.
             if job.attempt < job.max_attempts and not job.cancel_requested:
                 values: dict[str, Any] = {"status": "queued", "lease_owner": None,
-                                          "lease_expires_at": None, "sends": Job.sends + 1,
+                                          "lease_expires_at": None,
+                                          "sends": col(Job.sends) + 1,
                                           "last_sent_at": now}
                 target = out.requeued
             else:
@@ -58,13 +60,13 @@ def reconcile(*, engine: Engine, waker: Waker | None, resend_after: float) -> Re
                           "lease_owner": None, "lease_expires_at": None,
                           "finished_at": now, "error": reason}
                 target = out.failed
-            res = session.execute(
-                update(Job).where(Job.id == job.id, Job.status == "running",  # type: ignore[arg-type]
-                                  Job.lease_owner == job.lease_owner,  # type: ignore[arg-type]
-                                  Job.lease_expires_at < now)  # type: ignore[arg-type,operator]
+            res = session.exec(
+                update(Job).where(col(Job.id) == job.id, col(Job.status) == "running",
+                                  col(Job.lease_owner) == job.lease_owner,
+                                  col(Job.lease_expires_at) < now)
                 .values(**values)
             )
-            if res.rowcount == 1:  # type: ignore[attr-defined]
+            if res.rowcount == 1:
                 assert job.id is not None
                 target.append(job.id)
                 if target is out.failed:
@@ -74,9 +76,9 @@ def reconcile(*, engine: Engine, waker: Waker | None, resend_after: float) -> Re
         # Queued jobs whose wake-up the broker may have lost: re-send with back-off, since a
         # duplicate wake-up is harmless (the lease admits one run) but an unbounded one is noise.
         stale = session.execute(
-            select(Job).where(Job.status == "queued",  # type: ignore[arg-type]
-                              or_(Job.last_sent_at.is_(None),  # type: ignore[union-attr]
-                                  Job.last_sent_at < now - timedelta(seconds=resend_after)))  # type: ignore[operator]
+            select(Job).where(col(Job.status) == "queued",
+                              or_(col(Job.last_sent_at).is_(None),
+                                  col(Job.last_sent_at) < now - timedelta(seconds=resend_after)))
         ).scalars().all()
         for job in stale:
             backoff = resend_after * (2 ** min(max(job.sends - 1, 0), 6))
@@ -91,10 +93,10 @@ def reconcile(*, engine: Engine, waker: Waker | None, resend_after: float) -> Re
         # Slack events a notifier has not delivered yet (Slack down, notifier restarted).
         cutoff = now - timedelta(seconds=resend_after)
         undelivered = session.execute(
-            select(JobEvent.job_id).join(Job, Job.id == JobEvent.job_id)  # type: ignore[arg-type]
-            .where(JobEvent.delivered_at.is_(None),  # type: ignore[union-attr]
-                   JobEvent.created_at < cutoff,  # type: ignore[arg-type,operator]
-                   Job.channel.is_not(None)).distinct()  # type: ignore[union-attr]
+            select(col(JobEvent.job_id)).join(Job, col(Job.id) == col(JobEvent.job_id))
+            .where(col(JobEvent.delivered_at).is_(None),
+                   col(JobEvent.created_at) < cutoff,
+                   col(Job.channel).is_not(None)).distinct()
         ).scalars().all()
         out.notify = list(undelivered)
     if waker is not None:

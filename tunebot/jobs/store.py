@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from tunebot.db import session_scope
 from tunebot.jobs.events import add_event, notify
@@ -107,10 +107,10 @@ def submit(
         with session_scope(engine) as session:
             if max_active_per_user is not None:
                 active_ids = list(session.execute(
-                    select(Job.id).where(
-                        Job.team_id == team_id, Job.requested_by == requested_by,  # type: ignore[arg-type]
-                        Job.status.in_(ACTIVE_STATUSES),  # type: ignore[attr-defined]
-                    ).order_by(Job.id)  # type: ignore[arg-type]
+                    select(col(Job.id)).where(
+                        col(Job.team_id) == team_id, col(Job.requested_by) == requested_by,
+                        col(Job.status).in_(ACTIVE_STATUSES),
+                    ).order_by(col(Job.id))
                 ).scalars())
                 if len(active_ids) >= max_active_per_user:
                     listed = ", ".join(f"#{i}" for i in active_ids[:10])
@@ -134,7 +134,8 @@ def submit(
     if waker is not None:
         _wake(waker, job)
         if announce is not None and job.channel:
-            notify(waker=waker, job_id=job.id)  # type: ignore[arg-type]
+            assert job.id is not None  # set by the flush above
+            notify(waker=waker, job_id=job.id)
     return Submitted(job, True)
 
 
@@ -151,16 +152,16 @@ def _find_existing(engine: Engine, idem: str | None, active: str | None) -> Job 
         return None
     with Session(engine, expire_on_commit=False) as session:
         if idem is not None:
-            found = session.execute(
-                select(Job).where(Job.idempotency_key == idem)  # type: ignore[arg-type]
-            ).scalars().first()
+            found = session.scalars(
+                select(Job).where(col(Job.idempotency_key) == idem)
+            ).first()
             if found is not None:
                 return found
         if active is not None:
-            return session.execute(
-                select(Job).where(Job.active_key == active,  # type: ignore[arg-type]
-                                  Job.status.in_(ACTIVE_STATUSES))  # type: ignore[attr-defined]
-            ).scalars().first()
+            return session.scalars(
+                select(Job).where(col(Job.active_key) == active,
+                                  col(Job.status).in_(ACTIVE_STATUSES))
+            ).first()
     return None
 
 
@@ -174,29 +175,31 @@ def get(*, engine: Engine, job_id: int, team_id: str | None = None) -> Job | Non
 
 
 def list_jobs(*, engine: Engine, team_id: str, kinds: tuple[str, ...] | None = None,
-              limit: int = 20) -> list[Job]:
+              limit: int | None = 20) -> list[Job]:
     """The workspace's most recent jobs (of these kinds), newest first."""
     with Session(engine, expire_on_commit=False) as session:
-        q = select(Job).where(Job.team_id == team_id)  # type: ignore[arg-type]
+        q = select(Job).where(col(Job.team_id) == team_id)
         if kinds:
-            q = q.where(Job.kind.in_(kinds))  # type: ignore[attr-defined]
-        return list(session.execute(q.order_by(Job.id.desc()).limit(limit))  # type: ignore[union-attr]
-                    .scalars().all())
+            q = q.where(col(Job.kind).in_(kinds))
+        q = q.order_by(col(Job.id).desc())
+        if limit is not None:
+            q = q.limit(limit)
+        return list(session.scalars(q).all())
 
 
 def take_lease(*, engine: Engine, job_id: int, owner: str, lease_seconds: float) -> Job | None:
     """Atomically move a queued job to running under this owner's lease; None if not takeable."""
     now = utcnow()
     with session_scope(engine) as session:
-        res = session.execute(
+        res = session.exec(
             update(Job)
-            .where(Job.id == job_id, Job.status == "queued",  # type: ignore[arg-type]
-                   Job.attempt < Job.max_attempts)  # type: ignore[arg-type]
+            .where(col(Job.id) == job_id, col(Job.status) == "queued",
+                   col(Job.attempt) < col(Job.max_attempts))
             .values(status="running", lease_owner=owner,
                     lease_expires_at=now + timedelta(seconds=lease_seconds),
-                    heartbeat_at=now, started_at=now, attempt=Job.attempt + 1)
+                    heartbeat_at=now, started_at=now, attempt=col(Job.attempt) + 1)
         )
-        if res.rowcount != 1:  # type: ignore[attr-defined]
+        if res.rowcount != 1:
             return None
     return get(engine=engine, job_id=job_id)
 
@@ -209,6 +212,15 @@ class LeaseState:
     cancel_requested: bool
 
 
+def _update_held(session: Session, job_id: int, owner: str, values: dict[str, Any]) -> bool:
+    """Update a running job only while `owner` holds its lease; whether it did."""
+    res = session.exec(
+        update(Job).where(col(Job.id) == job_id, col(Job.status) == "running",
+                          col(Job.lease_owner) == owner).values(**values)
+    )
+    return res.rowcount == 1
+
+
 def renew_lease(*, engine: Engine, job_id: int, owner: str, lease_seconds: float,
                 progress: float | None = None) -> LeaseState:
     """Extend our lease; tells the caller if it lost the lease or a cancel was requested."""
@@ -218,13 +230,9 @@ def renew_lease(*, engine: Engine, job_id: int, owner: str, lease_seconds: float
     if progress is not None:
         values["progress"] = progress
     with session_scope(engine) as session:
-        res = session.execute(
-            update(Job).where(Job.id == job_id, Job.status == "running",  # type: ignore[arg-type]
-                              Job.lease_owner == owner).values(**values)  # type: ignore[arg-type]
-        )
-        held = res.rowcount == 1  # type: ignore[attr-defined]
+        held = _update_held(session, job_id, owner, values)
         cancel = bool(session.execute(
-            select(Job.cancel_requested).where(Job.id == job_id)  # type: ignore[arg-type]
+            select(col(Job.cancel_requested)).where(col(Job.id) == job_id)
         ).scalar())
     return LeaseState(held, cancel)
 
@@ -247,11 +255,7 @@ def finish(*, engine: Engine, job_id: int, owner: str, status: str,
     if result is not None:
         values["result"] = result
     with session_scope(engine) as session:
-        res = session.execute(
-            update(Job).where(Job.id == job_id, Job.status == "running",  # type: ignore[arg-type]
-                              Job.lease_owner == owner).values(**values)  # type: ignore[arg-type]
-        )
-        if res.rowcount != 1:  # type: ignore[attr-defined]
+        if not _update_held(session, job_id, owner, values):
             return False
         job = session.get(Job, job_id)
         assert job is not None

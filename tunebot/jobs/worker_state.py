@@ -30,7 +30,7 @@ def process_state(app: Celery) -> ProcessState:
     """This process's state, rebuilt after a fork (engines must not cross processes)."""
     global _STATE
     if _STATE is None or _STATE.pid != os.getpid():
-        settings: Settings = app.tunebot_settings  # type: ignore[attr-defined]
+        settings: Settings = app.tunebot_settings
         _STATE = ProcessState(os.getpid(), settings, make_engine(settings.database_url),
                               Sender(app))
     return _STATE

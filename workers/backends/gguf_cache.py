@@ -10,6 +10,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any, cast
 
 from tunebot.errors import JobError
 
@@ -79,7 +80,8 @@ def _convert(gguf: Path, out: Path) -> None:
     )
     # The weights are plain fp32 now; save_pretrained refuses a model that still has its
     # GGUF quantizer, and Trainer refuses a config that still says it is quantised.
-    model.hf_quantizer = None
+    # (cast: from_pretrained sets hf_quantizer, but PreTrainedModel does not declare it.)
+    cast(Any, model).hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out, safe_serialization=True)

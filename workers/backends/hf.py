@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -144,7 +144,8 @@ class HFBackend:
                            "finish_reason": finish},
                 )
             if on_batch is not None:
-                on_batch(chunk, [results[i] for i in chunk])  # type: ignore[misc]
+                # every row of the chunk was filled in just above
+                on_batch(chunk, cast(list[Generation], [results[i] for i in chunk]))
         return [r for r in results if r is not None]
 
     def _prefix_for(self, ids: list[list[int]]) -> gen.Prefix | None:

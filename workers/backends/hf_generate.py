@@ -15,12 +15,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig
+
 StopCheck = Callable[[int, list[int]], bool]  # (row, generated ids) -> stop now
+
+
+# A transformers model's .device and .config, typed: nn.Module's __getattr__ types every
+# attribute it does not declare as Tensor | Module.
+def _device(model: torch.nn.Module) -> torch.device:
+    return cast(torch.device, model.device)
+
+
+def _config(model: torch.nn.Module) -> PreTrainedConfig:
+    return cast("PreTrainedConfig", model.config)
 
 
 @dataclass
@@ -48,28 +62,30 @@ def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
 
 def supports_prefix(model: torch.nn.Module) -> bool:
     """Prefix reuse needs plain full-attention layers (no sliding window, no linear attention)."""
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=_config(model))
     return all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
 @torch.inference_mode()
 def build_prefix(model: torch.nn.Module, ids: list[int]) -> Prefix:
     """Run the shared prefix once and keep its keys and values."""
-    device = model.device
+    device = _device(model)
     x = torch.tensor([ids], device=device)
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=_config(model))
     model(input_ids=x, attention_mask=torch.ones_like(x), cache=cache, use_cache=True,
           logits_to_keep=1)
-    layers = [(layer.keys, layer.values) for layer in cache.layers]
+    # Only called where supports_prefix() holds: plain DynamicLayers, filled by the forward above.
+    layers = [(cast(torch.Tensor, layer.keys), cast(torch.Tensor, layer.values))
+              for layer in cast("list[DynamicLayer]", cache.layers)]
     return Prefix(ids=list(ids), layers=layers)
 
 
 def _expanded_cache(model: torch.nn.Module, prefix: Prefix | None, batch: int) -> DynamicCache:
     if prefix is None:
-        return DynamicCache(config=model.config)
+        return DynamicCache(config=_config(model))
     # expand() is a view; the cache's first update concatenates, which makes the real copy.
     data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix.layers]
-    return DynamicCache(ddp_cache_data=data, config=model.config)
+    return DynamicCache(ddp_cache_data=data, config=_config(model))
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_p: float,
@@ -105,7 +121,7 @@ def prefill_groups(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
 def _prefill(model: torch.nn.Module, suffixes: list[list[int]], prefix: Prefix | None,
              pad_id: int) -> tuple[DynamicCache, torch.Tensor]:
     """One forward over right-aligned suffixes after the prefix: (cache, last-position logits)."""
-    device = model.device
+    device = _device(model)
     b, s = len(suffixes), max(len(x) for x in suffixes)
     p = len(prefix) if prefix is not None else 0
     ids = torch.full((b, s), pad_id, dtype=torch.long)
@@ -144,7 +160,7 @@ def _joined_cache(model: torch.nn.Module, caches: list[DynamicCache], widths: li
                 row += n
             joined.append(out)
         data.append((joined[0], joined[1]))
-    return DynamicCache(ddp_cache_data=data, config=model.config)
+    return DynamicCache(ddp_cache_data=data, config=_config(model))
 
 
 @torch.inference_mode()
@@ -169,7 +185,7 @@ def generate_batch(
     then joined, so every new token costs one forward for all rows. Models whose cache is not
     plain full attention are prefilled in one group.
     """
-    device = model.device
+    device = _device(model)
     b = len(suffixes)
     p = len(prefix) if prefix is not None else 0
     lengths = [len(x) for x in suffixes]

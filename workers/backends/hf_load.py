@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -86,7 +86,9 @@ def load_model(folder: Path, *, device: str, dtype: torch.dtype | None = None) -
         )
     except (OSError, ValueError, KeyError) as exc:
         raise JobError(f"cannot load the model at {folder}: {_first_line(exc)}") from exc
-    return model.to(device).eval(), tokenizer
+    # cast: transformers wraps PreTrainedModel.to with functools.wraps, which mypy reads as an
+    # unbound function (self first); nn.Module.to is the signature it really has.
+    return cast(torch.nn.Module, model).to(device).eval(), tokenizer
 
 
 def apply_adapter(model: Any, adapter_dir: Path) -> Any:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlmodel import Session
 
-from tunebot import registry, stats
+from tunebot import catalog, jobs, registry, stats
+from tunebot.commands import parse_ref
 from tunebot.datasets.split import leakage
+from tunebot.db import session_scope
 from tunebot.errors import JobError
-from tunebot.models import Job, ModelVersion, Prompt, PromptVersion
+from tunebot.models import Job, ModelVersion, PromptVersion
 from tunebot.recommend import MIN_CASES, Candidate, Context, recommend
 from tunebot.replies import Reply, context, image, section, table
 from workers.backends.registry import backend_for
@@ -81,8 +82,6 @@ class CompareRunner:
     def _model_version(self, model: str) -> ModelVersion | None:
         if not model.startswith("ft:"):
             return None
-        from tunebot.commands import parse_ref
-
         ref = parse_ref(model[3:], "/compare")
         return registry.resolve_model(engine=self.ctx.engine, team_id=self.ctx.job.team_id,
                                       name=ref.name, version=ref.version, label=ref.label)
@@ -123,14 +122,11 @@ class CompareRunner:
         return plans
 
     def _history(self, version: PromptVersion) -> tuple[int, float, int]:
-        with Session(self.ctx.engine) as s:
-            versions = s.execute(select(PromptVersion).where(
-                PromptVersion.prompt_id == version.prompt_id)).scalars().all()  # type: ignore[arg-type]
-            prompt = s.get(Prompt, version.prompt_id)
-            tests = s.execute(select(Job).where(
-                Job.team_id == self.ctx.job.team_id,  # type: ignore[arg-type]
-                Job.kind.in_(("prompt_test", "prompt_compare")))).scalars().all()  # type: ignore[attr-defined]
-        name = prompt.name if prompt else ""
+        with session_scope(self.ctx.engine) as s:
+            prompt, versions = catalog.prompt_of(session=s, version=version)
+        tests = jobs.list_jobs(engine=self.ctx.engine, team_id=self.ctx.job.team_id,
+                               kinds=("prompt_test", "prompt_compare"), limit=None)
+        name = prompt.name
         n_tests = sum(1 for j in tests if any(c.get("name") == name
                                               for c in j.params.get("candidates", [])))
         first = min(v.created_at for v in versions)
@@ -233,6 +229,4 @@ class CompareRunner:
 
 
 def _aware(dt: datetime) -> datetime:
-    from datetime import UTC
-
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)

@@ -18,6 +18,7 @@ from tunebot.datasets.report import format_report
 from tunebot.datasets.split import kfold, leakage, split
 from tunebot.datasets.training import (
     Example,
+    Renderer,
     length_histogram,
     truncation_verdict,
     validate_training,
@@ -26,7 +27,12 @@ from tunebot.db import session_scope
 from tunebot.errors import JobError
 from tunebot.models import PromptVersion
 from tunebot.replies import Reply, code, fields, section
+from workers.backends.hf_load import local_dir
+from workers.backends.refs import parse_model_ref
 from workers.context import JobContext
+from workers.runners.prompt_test import load_version
+from workers.training.estimate import estimate
+from workers.training.recipe import encoded_lengths
 
 
 @dataclass
@@ -49,12 +55,10 @@ def _prompt_version(ctx: JobContext) -> PromptVersion | None:
     pinned = ctx.job.params.get("prompt")
     if not pinned:
         return None
-    from workers.runners.prompt_test import load_version
-
     return load_version(ctx, pinned["version_id"])
 
 
-def _renderer(version: PromptVersion | None, template: str):  # type: ignore[no-untyped-def]
+def _renderer(version: PromptVersion | None, template: str) -> Renderer | None:
     if version is None or template != "full":
         return None
     return lambda row: render_messages(version.content, row)
@@ -80,11 +84,6 @@ def _eval_rows(ctx: JobContext, version: PromptVersion | None) -> tuple[str | No
 def prepare(ctx: JobContext) -> Prepared:
     """Run the whole data check, post its report, and return the split data and the plan."""
     from transformers import AutoTokenizer
-
-    from workers.backends.hf_load import local_dir
-    from workers.backends.refs import parse_model_ref
-    from workers.training.estimate import estimate
-    from workers.training.recipe import encoded_lengths
 
     started = time.monotonic()
     p = ctx.job.params

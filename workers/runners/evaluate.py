@@ -6,15 +6,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete
-
 from tunebot.catalog.templates import render_messages
-from tunebot.db import session_scope
 from tunebot.errors import JobError, UserError
-from tunebot.models import CaseResult
+from tunebot.results import add_case_results, clear_case_results
 from workers.backends.base import Backend, Generation, GenParams
 from workers.context import JobContext
-from workers.scoring import ScoreContext, ScorerError, case_passed, default_scorers, score_case
+from workers.scoring import (
+    ScoreContext,
+    ScorerError,
+    case_passed,
+    default_scorers,
+    score_case,
+    validate_specs,
+)
 from workers.scoring.base import Score
 
 
@@ -79,8 +83,6 @@ def scorer_specs(content: dict[str, Any], rows: list[dict[str, Any]]) -> list[di
         content.get("output") or {"format": "text"},
         expected=next((r.get("expected") for r in rows if r.get("expected")), None))
     try:
-        from workers.scoring import validate_specs
-
         validate_specs(specs)
     except ScorerError as exc:
         raise JobError(f"bad scorer configuration: {exc}") from None
@@ -111,9 +113,8 @@ def evaluate(ctx: JobContext, *, name: str, content: dict[str, Any], rows: list[
     started = time.monotonic()
     passed_so_far: list[bool] = []
     if store:
-        with session_scope(ctx.engine) as session:  # a resumed run starts this candidate over
-            session.execute(delete(CaseResult).where(CaseResult.job_id == ctx.job_id,  # type: ignore[arg-type]
-                                                     CaseResult.candidate == name))  # type: ignore[arg-type]
+        # a resumed run starts this candidate over
+        clear_case_results(engine=ctx.engine, job_id=ctx.job_id, candidate=name)
     for sample in range(samples):
         # Independent draws: each sample has its own seed, nothing is reused between them.
         seed = (gen.seed or 0) + sample * 1_000_003
@@ -156,12 +157,10 @@ def evaluate(ctx: JobContext, *, name: str, content: dict[str, Any], rows: list[
 
 
 def _store(ctx: JobContext, name: str, batch: list[CaseOutcome]) -> None:
-    with session_scope(ctx.engine) as session:
-        for o in batch:
-            session.add(CaseResult(
-                job_id=ctx.job_id, candidate=name, case_index=o.index, sample_index=o.sample,
-                rendered=o.messages, output=o.output, expected=o.expected,
-                scores=[{"name": s.name, "passed": s.passed, "value": s.value,
+    rows = [{"case_index": o.index, "sample_index": o.sample, "rendered": o.messages,
+             "output": o.output, "expected": o.expected,
+             "scores": [{"name": s.name, "passed": s.passed, "value": s.value,
                          "detail": s.detail, "predicted": s.predicted} for s in o.scores],
-                passed=o.passed, latency_ms=o.latency_ms, tokens_in=o.tokens_in,
-                tokens_out=o.tokens_out))
+             "passed": o.passed, "latency_ms": o.latency_ms, "tokens_in": o.tokens_in,
+             "tokens_out": o.tokens_out} for o in batch]
+    add_case_results(engine=ctx.engine, job_id=ctx.job_id, candidate=name, rows=rows)

@@ -14,17 +14,19 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from multiprocessing.process import AuthenticationString
+from multiprocessing.process import AuthenticationString  # type: ignore[attr-defined]  # real class; typeshed omits it
 from pathlib import Path
 from typing import Any
 
-from tunebot import registry, stats
+from tunebot import datasets, registry, stats
 from tunebot.datasets.training import Example
 from tunebot.metrics import ThreadMetricLogger
 from tunebot.replies import Reply, image, section, table
 from workers.backends.base import GenParams
+from workers.backends.warm import get_backend
 from workers.context import JobContext
 from workers.runners.data_check import Prepared, prepare
+from workers.scoring import ScoreContext, case_passed, default_scorers, score_case
 from workers.training.config import TrainConfig
 from workers.training.spawn import TrainingCallbacks, TrainResult, run_training
 
@@ -91,7 +93,7 @@ def allow_children() -> Iterator[None]:
     signal, pipe watchdog); the daemon flag only stops multiprocessing from starting it.
     """
     proc = multiprocessing.current_process()
-    config = proc._config  # type: ignore[attr-defined]
+    config = proc._config  # type: ignore[attr-defined]  # private; not in typeshed's stubs
     saved = {k: config.get(k) for k in ("daemon", "authkey")}
     config["daemon"] = False
     # billiard (Celery's pool) installs its own authkey type, which multiprocessing's spawn
@@ -173,11 +175,11 @@ class FinetuneRunner:
     def _kfold(self, prep: Prepared, config: TrainConfig) -> tuple[TrainResult, list[float]]:
         best: tuple[float, TrainResult, Path] | None = None
         scores: list[float] = []
-        for i, (train, val) in enumerate(prep.folds, start=1):
+        for i, (fold_train, fold_val) in enumerate(prep.folds, start=1):
             folder = self.ctx.artifact_dir / f"fold-{i}"
-            res = train(config, train, val, folder,
+            res = train(config, fold_train, fold_val, folder,
                         JobCallbacks(self.ctx, prefix=f"fold {i}/{len(prep.folds)}: "))
-            fold_prep = Prepared(train, val, [], prep.hp, prep.estimate, prep.model_dir,
+            fold_prep = Prepared(fold_train, fold_val, [], prep.hp, prep.estimate, prep.model_dir,
                                  prep.output_spec, prep.scorers)
             sc, _ = self._held_out(fold_prep, res, show=0)
             scores.append(sc["tuned"] if sc else 0.0)
@@ -192,9 +194,6 @@ class FinetuneRunner:
         """Score the validation split with the prompt-test scorers: base vs tuned."""
         if not prep.val or result.adapter_dir is None:
             return None, []
-        from workers.backends.warm import get_backend
-        from workers.scoring import ScoreContext, case_passed, default_scorers, score_case
-
         prompts = [ex.messages[:-1] for ex in prep.val]
         expected = [ex.messages[-1]["content"] for ex in prep.val]
         spec = prep.output_spec or {"format": "text"}
@@ -231,9 +230,7 @@ class FinetuneRunner:
             json.dumps({"messages": ex.messages}) + "\n" for ex in prep.train))
         pinned = p.get("prompt")
         name = p.get("name") or (pinned["name"] if pinned else p["dataset"])
-        from tunebot.datasets.store import get_dataset
-
-        ds = get_dataset(engine=ctx.engine, team_id=ctx.job.team_id, name=p["dataset"],
+        ds = datasets.get_dataset(engine=ctx.engine, team_id=ctx.job.team_id, name=p["dataset"],
                          version=p.get("dataset_version"))
         return registry.register(
             engine=ctx.engine, team_id=ctx.job.team_id, name=name, created_by=ctx.job.requested_by,

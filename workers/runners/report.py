@@ -95,8 +95,9 @@ def summary_reply(run: CandidateRun, s: dict[str, Any]) -> Reply:
             f"{s['tokens_in']:.0f} → {s['tokens_out']:.0f} tokens")
     blocks = [section(head)]
     for name, sc in s["scores"].items():
+        slo, shi = sc["ci"]
         blocks.append(section(f"{name}: mean {sc['mean']:.3f} (95% CI "
-                              f"{stats.format_ci(*sc['ci'], pct=False, digits=3)})"))
+                              f"{stats.format_ci(slo, shi, pct=False, digits=3)})"))
     if "classes" in s:
         rep = s["classes"]
         rows = [[lab, f"{v['precision']:.2f}", f"{v['recall']:.2f}", f"{v['f1']:.2f}",

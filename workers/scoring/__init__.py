@@ -13,7 +13,7 @@ from workers.scoring.base import (
 )
 from workers.scoring.case import case_passed, default_scorers, score_case, validate_specs
 from workers.scoring.choice import INVALID, classification_report, predict_choice
-from workers.scoring.embedding import load_embedder
+from workers.scoring.embedder import load_embedder
 from workers.scoring.judge import parse_judgement
 from workers.scoring.structured import extract_json
 from workers.scoring.text import first_number

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from workers.backends.base import Backend, GenParams
+from workers.scoring.embedder import Embedder, load_embedder
 
 COMMON_KEYS = frozenset({"type", "name"})
 _TRAILING_PUNCT = ".,;:!?\u2026\u3002"
@@ -27,14 +28,6 @@ class Score:
     value: float
     detail: str = ""
     predicted: str | None = None  # the label a choice scorer read from the output
-
-
-class Embedder(Protocol):
-    """Anything with sentence-transformers' encode()."""
-
-    def encode(self, sentences: list[str], **kwargs: Any) -> Any:
-        """Embed each sentence."""
-        ...
 
 
 @dataclass
@@ -63,8 +56,6 @@ class ScoreContext:
     def get_embedder(self) -> Embedder:
         """The embedding model, the process-wide bundled MiniLM unless one was given."""
         if self.embedder is None:
-            from workers.scoring.embedding import load_embedder
-
             self.embedder = load_embedder()
         return self.embedder
 

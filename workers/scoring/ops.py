@@ -30,21 +30,21 @@ def _check_tokens(spec: dict[str, Any]) -> None:
     _limit(spec, "max")
 
 
+def _at_most(spec: dict[str, Any], measured: float | None, limit: float, what: str,
+             shown: str) -> Score:
+    """Pass when a measured value is at most the limit; unscored when nothing was measured."""
+    if measured is None:
+        return unscored(spec, f"no {what} recorded")
+    return verdict(spec, measured <= limit, f"{shown.format(measured)} (max {limit:g})")
+
+
 @register("latency", keys={"max_ms", "value"}, check=_check_latency)
 def latency(output: str, expected: str | None, spec: dict[str, Any], ctx: ScoreContext) -> Score:
     """The generation took at most max_ms milliseconds."""
-    limit = _limit(spec, "max_ms")
-    if ctx.latency_ms is None:
-        return unscored(spec, "no latency recorded")
-    ok = ctx.latency_ms <= limit
-    return verdict(spec, ok, f"{ctx.latency_ms:.0f} ms (max {limit:g})")
+    return _at_most(spec, ctx.latency_ms, _limit(spec, "max_ms"), "latency", "{:.0f} ms")
 
 
 @register("max-tokens", keys={"max", "value"}, check=_check_tokens)
 def max_tokens(output: str, expected: str | None, spec: dict[str, Any], ctx: ScoreContext) -> Score:
     """The answer used at most max output tokens."""
-    limit = _limit(spec, "max")
-    if ctx.tokens_out is None:
-        return unscored(spec, "no token count recorded")
-    ok = ctx.tokens_out <= limit
-    return verdict(spec, ok, f"{ctx.tokens_out} tokens (max {limit:g})")
+    return _at_most(spec, ctx.tokens_out, _limit(spec, "max"), "token count", "{} tokens")

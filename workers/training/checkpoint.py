@@ -52,7 +52,7 @@ def latest(root: Path) -> Path | None:
 def rng_state() -> dict[str, Any]:
     """Python, numpy and torch RNG states as weights_only-loadable values."""
     version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "python": [version, list(internal), gauss],
         "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos),

@@ -28,7 +28,7 @@ expanded to the batch — unless gradient checkpointing is on, which cannot keep
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,9 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from workers.training.collate import IGNORE, Batch, MaskedBatchError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig
 
 MIN_SHARED_PREFIX = 4  # below this, a second forward call costs more than it saves
 # Packing attends over the whole packed sequence under a mask, so its attention cost grows with
@@ -131,7 +134,8 @@ def _packed(decoder: torch.nn.Module, ids: torch.Tensor, p: int,
     t = seq.shape[1]
     causal = torch.ones(t, t, dtype=torch.bool, device=dev).tril()
     visible = (segment[None, :] == segment[:, None]) | (segment[None, :] == -1)
-    dtype = decoder.get_input_embeddings().weight.dtype
+    # cast: get_input_embeddings is a transformers method that nn.Module does not declare.
+    dtype: torch.dtype = cast(Any, decoder).get_input_embeddings().weight.dtype
     # Additive form: eager attention adds the mask to the scores, sdpa accepts it as well.
     mask = torch.zeros(t, t, dtype=dtype, device=dev).masked_fill(
         ~(causal & visible), torch.finfo(dtype).min)[None, None]
@@ -146,6 +150,6 @@ def _with_prefix(decoder: torch.nn.Module, ids: torch.Tensor, p: int) -> torch.T
     first = decoder(input_ids=ids[:1, :p], use_cache=True)
     data = [(layer.keys.expand(b, -1, -1, -1), layer.values.expand(b, -1, -1, -1))
             for layer in first.cache.layers]
-    cache = DynamicCache(ddp_cache_data=data, config=decoder.config)
+    cache = DynamicCache(ddp_cache_data=data, config=cast("PreTrainedConfig", decoder.config))
     rest = decoder(input_ids=ids[:, p:], cache=cache, use_cache=True)
-    return rest.last_hidden_state  # type: ignore[no-any-return]
+    return cast(torch.Tensor, rest.last_hidden_state)

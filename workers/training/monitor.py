@@ -70,4 +70,4 @@ class Monitor:
     def from_state(cls, state: dict[str, Any]) -> Monitor:
         """Rebuild from state_dict() output."""
         evals = [tuple(e) for e in state.pop("evals", [])]
-        return cls(**state, evals=evals)  # type: ignore[arg-type]
+        return cls(**state, evals=evals)

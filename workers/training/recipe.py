@@ -72,7 +72,7 @@ class Window:
 
     def reset(self) -> None:
         """Start a new window."""
-        self.__init__()  # type: ignore[misc]
+        type(self).__init__(self)
 
 
 def peak_memory(device: torch.device) -> int:

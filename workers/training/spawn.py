@@ -25,7 +25,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tunebot.errors import Cancelled, JobError, LeaseLost, UserError
 from workers.training.config import TrainConfig
@@ -173,7 +173,7 @@ class _Relay:
                 continue
             kind, *payload = msg
             if kind == "done":
-                return payload[0]  # type: ignore[no-any-return]
+                return cast(dict[str, Any], payload[0])
             if kind == "error":
                 self.error = _rebuild(*payload)
                 return None

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 CHATML = (
     "{% for message in messages %}"
@@ -32,7 +36,7 @@ def _corpus() -> list[str]:
     return lines * 3
 
 
-def build_tokenizer(out_dir: Path):  # -> PreTrainedTokenizerFast
+def build_tokenizer(out_dir: Path) -> PreTrainedTokenizerFast:
     """Train a small byte-level BPE tokenizer on a built-in corpus, with ChatML specials."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -11,9 +11,9 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from aiohttp import WSMsgType, web
+from aiohttp import BodyPartReader, WSMsgType, web
 
 from . import bodies, payloads
 from .records import Response, SocketAck
@@ -164,9 +164,12 @@ class SlackAPIServer(Workspace):
         if request.content_type.startswith("multipart/"):
             content = b""
             reader = await request.multipart()
-            async for part in reader:
+            async for item in reader:
+                # cast: the reader yields body parts here (a nested multipart is never sent), and
+                # aiohttp types the items as MultipartReader | BodyPartReader | None.
+                part = cast(BodyPartReader, item)
                 if part.filename is not None or part.name in ("file", "content"):
-                    content = await part.read()  # type: ignore[union-attr]
+                    content = await part.read()
                     break
         else:
             content = await request.read()
@@ -329,7 +332,7 @@ class SlackAPIServer(Workspace):
         return copy.deepcopy(obj)
 
     def wait_for(
-        self, predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02
+        self, predicate: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.02
     ) -> T:
         """Poll `predicate` until it returns something truthy, and return that."""
         deadline = time.monotonic() + timeout

@@ -21,8 +21,8 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.webhook import WebhookClient
 
-from . import payloads
-from .server import SlackAPIServer
+from devtools.slack_api import payloads
+from devtools.slack_api.server import SlackAPIServer
 
 BOT, APP, SECRET = "xoxb-test", "xapp-test", "s3cret"
 # shared/slack-payloads/slash_command.form, byte for byte.

@@ -1,4 +1,5 @@
-"""The fake workspace's state, failure injection and Web API dispatch (no HTTP here)."""
+"""The fake workspace's state and Web API dispatch (no HTTP here); failure injection and the
+read side are mixins in failures.py and recorded.py."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from . import bodies
+from .failures import Failure, FailureInjection
+from .recorded import Recorded
 from .records import (
     Call,
     Download,
@@ -38,29 +40,7 @@ class SlackError(Exception):
         self.extra = extra
 
 
-@dataclass
-class Failure:
-    """An injected failure: HTTP `status` (or ok=false `error` at 200) for matching calls."""
-
-    status: int
-    error: str
-    methods: frozenset[str] | None
-    remaining: int | None
-    until: float | None
-    retry_after: int
-
-    def matches(self, method: str, now: float) -> bool:
-        """Whether this failure is still live and covers `method`."""
-        if self.until is not None and now >= self.until:
-            return False
-        if self.remaining is not None and self.remaining <= 0:
-            return False
-        if self.methods is None:
-            return "." in method  # pseudo-methods such as response_url only when named
-        return method in self.methods
-
-
-class Workspace:
+class Workspace(FailureInjection, Recorded):
     """Everything the fake Slack knows; every mutation happens under `self._lock`."""
 
     def __init__(
@@ -187,71 +167,6 @@ class Workspace:
         """Answer `method` with handler(args, token) -> body; bodies with ok=true are recorded."""
         with self._lock:
             self.handlers[method] = handler
-
-    # ---- failure injection ---------------------------------------------------------------
-
-    def fail_next(
-        self,
-        n: int = 1,
-        status: int = 429,
-        methods: Iterable[str] | None = None,
-        *,
-        retry_after: int = 1,
-    ) -> None:
-        """Answer the next `n` matching calls with HTTP `status`; nothing is recorded."""
-        self._add_failure(status, methods, remaining=n, until=None, retry_after=retry_after)
-
-    def fail_for(
-        self,
-        seconds: float,
-        status: int = 429,
-        methods: Iterable[str] | None = None,
-        *,
-        retry_after: int = 1,
-    ) -> None:
-        """Answer every matching call with HTTP `status` for `seconds`."""
-        self._add_failure(
-            status, methods, remaining=None, until=time.time() + seconds, retry_after=retry_after
-        )
-
-    def error_next(self, method: str, error: str, n: int = 1) -> None:
-        """Answer the next `n` calls of `method` with HTTP 200 `{"ok": false, "error": error}`."""
-        with self._lock:
-            self._failures.append(Failure(200, error, frozenset([method]), n, None, 0))
-
-    def clear_failures(self) -> None:
-        """Drop every injected failure."""
-        with self._lock:
-            self._failures.clear()
-
-    def _add_failure(
-        self,
-        status: int,
-        methods: Iterable[str] | None,
-        *,
-        remaining: int | None,
-        until: float | None,
-        retry_after: int,
-    ) -> None:
-        error = "ratelimited" if status == 429 else "internal_error"
-        chosen = (
-            None
-            if methods is None
-            else frozenset([methods] if isinstance(methods, str) else methods)
-        )
-        with self._lock:
-            self._failures.append(Failure(status, error, chosen, remaining, until, retry_after))
-
-    def take_failure(self, method: str) -> Failure | None:
-        """Consume and return the injected failure that applies to this call, if any."""
-        now = time.time()
-        with self._lock:
-            for failure in self._failures:
-                if failure.matches(method, now):
-                    if failure.remaining is not None:
-                        failure.remaining -= 1
-                    return failure
-            return None
 
     # ---- Web API dispatch ----------------------------------------------------------------
 
@@ -411,70 +326,6 @@ class Workspace:
             if not ok or obj is None:
                 return None
             return self._file_content[file_id], obj["mimetype"]
-
-    # ---- reading what happened -----------------------------------------------------------
-
-    def clear_records(self) -> None:
-        """Forget recorded calls, rejections, responses, acks and downloads (state stays)."""
-        with self._lock:
-            for records in (
-                self.calls,
-                self.rejected,
-                self.responses,
-                self.socket_acks,
-                self.downloads,
-            ):
-                records.clear()
-
-    def calls_for(self, method: str) -> list[Call]:
-        """Accepted calls of one method, in order."""
-        with self._lock:
-            return [c for c in self.calls if c.method == method]
-
-    def messages(self, channel: str) -> list[dict[str, Any]]:
-        """Every message the bot has in `channel` (roots and replies), in order, as updated."""
-        with self._lock:
-            if channel[:1] in ("U", "W"):
-                channel = f"D{channel[1:]}DM"
-            return copy.deepcopy(self._messages.get(channel, []))
-
-    def thread(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
-        """The replies in one thread (not its root), in order, as updated."""
-        return [
-            m
-            for m in self.messages(channel)
-            if m.get("thread_ts") == thread_ts and m["ts"] != thread_ts
-        ]
-
-    def message(self, channel: str, ts: str) -> dict[str, Any] | None:
-        """One message by ts, as updated, or None."""
-        return next((m for m in self.messages(channel) if m["ts"] == ts), None)
-
-    def ephemerals(
-        self, channel: str | None = None, user: str | None = None
-    ) -> list[dict[str, Any]]:
-        """Ephemeral messages (each has `channel` and the recipient `user`), in order."""
-        with self._lock:
-            return [
-                copy.deepcopy(m)
-                for m in self._ephemerals
-                if channel in (None, m["channel"]) and user in (None, m["user"])
-            ]
-
-    def files_in(self, channel: str, thread_ts: str | None = None) -> list[UploadedFile]:
-        """Files the app uploaded into `channel` (and `thread_ts` when given)."""
-        with self._lock:
-            return [
-                f
-                for f in self.files
-                if f.channel == channel and (thread_ts is None or f.thread_ts == thread_ts)
-            ]
-
-    def file_content(self, file_id: str) -> bytes:
-        """The bytes of any stored file (uploaded by the app or added by the test)."""
-        with self._lock:
-            return self._file_content[file_id]
-
 
 def decode_args(args: dict[str, Any]) -> dict[str, Any]:
     """Drop the token and turn JSON-string fields (blocks, view, files...) into objects."""

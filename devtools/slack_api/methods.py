@@ -175,6 +175,7 @@ def files_complete_upload(ws: Workspace, args: dict[str, Any], who: Identity) ->
         raise SlackError("file_not_found")
     comment = args.get("initial_comment") or None
     objects, now = [], time.time()
+    targets: list[str | None] = [*channels] or [None]  # no channel: one record, unshared
     for entry in files:
         pending = ws.pop_uploaded(str(entry["id"]))
         assert pending is not None and pending.content is not None
@@ -190,7 +191,7 @@ def files_complete_upload(ws: Workspace, args: dict[str, Any], who: Identity) ->
         )
         ws.store_file(obj, pending.content)
         objects.append(obj)
-        for channel in channels or [None]:
+        for channel in targets:
             ws.files.append(
                 UploadedFile(
                     pending.id,
