@@ -22,7 +22,8 @@ from sqlmodel import Session
 
 from tests.conftest import make_settings
 from tests.reliability.conftest import Report, size
-from tunebot import catalog, datasets, hyperparams, migrate, templates
+from tunebot import catalog, datasets, hyperparams, migrate
+from tunebot.catalog import templates
 from tunebot.commands import FAMILIES, SPECS, parse
 from tunebot.core import Actor, Core
 from tunebot.db import make_engine, session_scope

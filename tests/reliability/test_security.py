@@ -21,7 +21,8 @@ from tests.bot.conftest import BOT_TOKEN, SECRET
 from tests.conftest import REPO, make_settings
 from tests.reliability.conftest import Report
 from tests.reliability.stack import job_count, running_stack
-from tunebot import catalog, datasets, jobs, migrate, registry, templates
+from tunebot import catalog, datasets, jobs, migrate, registry
+from tunebot.catalog import templates
 from tunebot.commands import parse
 from tunebot.core import Actor, Core, Outcome
 from tunebot.db import make_engine, session_scope
