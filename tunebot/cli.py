@@ -41,10 +41,42 @@ cli.add_typer(catalog_cli, name="catalog")
 dataset_cli = typer.Typer(no_args_is_help=True, help="Datasets (eval sets, training data).")
 cli.add_typer(dataset_cli, name="dataset")
 
-def _settings() -> Settings:
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+CLI_LOG = "cli.log"
+_VERBOSE = {"on": False}
+
+
+@cli.callback()
+def _options(verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="show library logs (Alembic, Celery, …) on the terminal")] = False,
+             ) -> None:
+    """tunebot: prompt catalog, prompt tests and fine-tunes, measured."""
+    _VERBOSE["on"] = verbose
+
+
+def _settings(*, server: bool = False) -> Settings:
+    """Settings, and logging: a server (worker, bot) logs to the terminal at TUNEBOT_LOG_LEVEL;
+    a one-shot command shows only its answer there (warnings and errors aside, everything at
+    -v) and keeps the library logs in var/cli.log."""
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = settings.log_level.upper()
+    if server or _VERBOSE["on"]:
+        logging.basicConfig(level=level, format=LOG_FORMAT)
+        return settings
+    root = logging.getLogger()
+    root.setLevel(level)
+    terminal = logging.StreamHandler()
+    terminal.setLevel(logging.WARNING)
+    terminal.setFormatter(logging.Formatter("tunebot: %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(terminal)
+    try:
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        to_file = logging.FileHandler(settings.var_dir / CLI_LOG, encoding="utf-8")
+    except OSError:  # a read-only var/: the terminal handler alone
+        return settings
+    to_file.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(to_file)
+    install_log_filter(settings)
     return settings
 
 
@@ -121,7 +153,7 @@ def worker(
     hostname: Annotated[str, typer.Option(help="Celery node name")] = "",
 ) -> None:
     """Run a Celery worker with a reconciler loop; no --queues serves all three."""
-    settings = _settings()
+    settings = _settings(server=True)
     install_log_filter(settings)
     chosen = tuple(q.strip() for q in queues.split(",") if q.strip()) or QUEUES
     bad = [q for q in chosen if q not in QUEUES]
@@ -186,7 +218,7 @@ def bot(
     port: Annotated[int, typer.Option(help="HTTP port")] = 3000,
 ) -> None:
     """Run the Slack bot (Socket Mode when SLACK_APP_TOKEN is set, else HTTP)."""
-    settings = _settings()
+    settings = _settings(server=True)
     try:
         bot_app = importlib.import_module("bot.app")
     except ModuleNotFoundError as exc:
