@@ -272,3 +272,129 @@ def compare_paired_continuous(
         flipped_worse=worse,
         verdict=_verdict(name_a, name_b, n, diff * 100, p_value),
     )
+
+
+def _log_binom_pmf(k: int, n: int, p: float) -> float:
+    if p <= 0.0:
+        return 0.0 if k == 0 else -math.inf
+    if p >= 1.0:
+        return 0.0 if k == n else -math.inf
+    return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+            + k * math.log(p) + (n - k) * math.log1p(-p))
+
+
+def _binom_cdf(k: int, n: int, p: float) -> float:
+    """P(X ≤ k) for X ~ Binomial(n, p), summed in log space (exact up to float rounding)."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    return min(1.0, sum(math.exp(_log_binom_pmf(i, n, p)) for i in range(k + 1)))
+
+
+def _mcnemar_reject_below(m: int, alpha: float) -> int:
+    """The largest k with exact two-sided McNemar p(k, m−k) < alpha, or −1: with m discordant
+    pairs the test rejects when the smaller count is at most this."""
+    k, tail = -1, 0.0
+    while k + 1 <= m // 2:
+        nxt = tail + math.exp(_log_binom_pmf(k + 1, m, 0.5))
+        if 2 * nxt >= alpha:
+            break
+        k, tail = k + 1, nxt
+    return k
+
+
+def _reject_given_m(m: int, share_c: float, alpha: float) -> float:
+    """P(the exact McNemar test rejects | m discordant pairs), c ~ Binomial(m, share_c).
+    Exact up to EXACT_M pairs; above, the normal approximation (continuity-corrected), whose
+    error there is far below the precision a sample-size answer needs."""
+    if m <= EXACT_M:
+        k = _mcnemar_reject_below(m, alpha)
+        if k < 0:
+            return 0.0
+        # Reject when c ≤ k or c ≥ m − k.
+        return min(1.0, _binom_cdf(k, m, share_c) + 1.0 - _binom_cdf(m - k - 1, m, share_c))
+    half = m / 2
+    k = math.floor(half - _z(1 - alpha / 2) * math.sqrt(m) / 2 - 0.5)
+    mu, sd = m * share_c, math.sqrt(m * share_c * (1 - share_c)) or 1e-12
+    return min(1.0, _phi((k + 0.5 - mu) / sd) + 1.0 - _phi((m - k - 0.5 - mu) / sd))
+
+
+def _phi(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2))
+
+
+EXACT_M = 300
+
+
+def mcnemar_power(n: int, p_discordant: float, share_c: float, *,
+                  alpha: float = ALPHA) -> float:
+    """Power of the exact McNemar test with n paired cases, when each case is discordant with
+    probability `p_discordant` and a discordant case favours the second arm with probability
+    `share_c`: Σ over m discordant pairs of P(m) · P(reject | m)."""
+    if n <= 0 or p_discordant <= 0:
+        return 0.0
+    mean = n * p_discordant
+    sd = math.sqrt(n * p_discordant * (1 - p_discordant))
+    lo, hi = max(0, int(mean - 8 * sd) - 1), min(n, int(mean + 8 * sd) + 2)
+    power = 0.0
+    for m in range(lo, hi + 1):
+        weight = math.exp(_log_binom_pmf(m, n, p_discordant))
+        if weight >= 1e-12:
+            power += weight * _reject_given_m(m, share_c, alpha)
+    return min(1.0, power)
+
+
+def mcnemar_cases_needed(b: int, c: int, n: int, *, alpha: float = ALPHA, power: float = 0.8,
+                         limit: int = 1_000_000) -> int | None:
+    """About how many paired cases in total give `power` for the exact McNemar test at the
+    discordance observed (b cases only the first arm got right, c only the second, out of n):
+    Connor's normal approximation as the start, then the exact power checked upward. None when
+    the observed arms do not differ (b == c) or the answer is above `limit`."""
+    if n <= 0 or b + c == 0 or b == c:
+        return None
+    d = (b + c) / n
+    delta = abs(c - b) / n
+    share = c / (b + c)
+    z_a, z_b = 1.959963984540054, 0.8416212335729143  # alpha 0.05 two-sided, power 0.8
+    if alpha != ALPHA or power != 0.8:
+        z_a, z_b = _z(1 - alpha / 2), _z(power)
+    guess = (z_a * math.sqrt(d) + z_b * math.sqrt(max(d - delta * delta, 0.0))) ** 2 / delta ** 2
+    def enough(size: int) -> bool:
+        return mcnemar_power(size, d, share, alpha=alpha) >= power
+
+    low = max(int(guess * 0.8), 10)
+    if low > limit:
+        return None
+    step = max(1, int(guess) // 20)
+    high = low
+    while not enough(high):
+        low, high = high, high + step
+        if high > limit:
+            return None
+    while high - low > 1:  # the smallest size that reaches the power (it rises with n)
+        mid = (low + high) // 2
+        low, high = (low, mid) if enough(mid) else (mid, high)
+    return high if not enough(low) else low
+
+
+def _z(q: float) -> float:
+    """The standard normal quantile (Acklam's rational approximation, |error| < 1.2e-9)."""
+    a = (-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+         1.383577518672690e+02, -3.066479806614716e+01, 2.506628277459239e+00)
+    b = (-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
+         6.680131188771972e+01, -1.328068155288572e+01)
+    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
+         -2.549732539343734e+00, 4.374664141464968e+00, 2.938163982698783e+00)
+    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
+         3.754408661907416e+00)
+    if q < 0.02425:
+        r = math.sqrt(-2 * math.log(q))
+        return (((((c[0] * r + c[1]) * r + c[2]) * r + c[3]) * r + c[4]) * r + c[5]) / \
+            ((((d[0] * r + d[1]) * r + d[2]) * r + d[3]) * r + 1)
+    if q > 1 - 0.02425:
+        return -_z(1 - q)
+    r = q - 0.5
+    s = r * r
+    return (((((a[0] * s + a[1]) * s + a[2]) * s + a[3]) * s + a[4]) * s + a[5]) * r / \
+        (((((b[0] * s + b[1]) * s + b[2]) * s + b[3]) * s + b[4]) * s + 1)

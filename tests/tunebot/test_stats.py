@@ -239,3 +239,28 @@ def test_stats_stays_stdlib_only():
         cwd=Path(__file__).resolve().parents[2],
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_mcnemar_power_matches_a_simulation_and_the_sample_size_reaches_it() -> None:
+    import random
+
+    from tunebot.stats import mcnemar_cases_needed, mcnemar_exact, mcnemar_power
+
+    d, share = 22 / 48, 16 / 22
+    needed = mcnemar_cases_needed(6, 16, 48)
+    assert needed is not None
+    assert mcnemar_power(needed, d, share) >= 0.8 > mcnemar_power(needed - 1, d, share)
+    rng, hits, trials = random.Random(7), 0, 3000
+    for _ in range(trials):
+        b = c = 0
+        for _ in range(needed):
+            if rng.random() < d:
+                if rng.random() < share:
+                    c += 1
+                else:
+                    b += 1
+        hits += mcnemar_exact(b, c) < 0.05
+    assert abs(hits / trials - mcnemar_power(needed, d, share)) < 0.03
+    assert mcnemar_cases_needed(5, 5, 40) is None  # no difference to detect
+    assert mcnemar_cases_needed(0, 0, 40) is None
+    assert mcnemar_cases_needed(2, 3, 1000) > mcnemar_cases_needed(20, 30, 1000)

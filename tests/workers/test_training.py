@@ -556,3 +556,25 @@ def test_smollm2_fine_tunes_and_its_adapter_loads_with_peft(smollm2_dir, tmp_pat
                                       result.adapter_dir)
     trained = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert len(trained) == 60 and any(p.abs().sum() > 0 for p in trained)
+
+
+def test_learning_verdict_reads_the_validation_split_and_the_loss_curve() -> None:
+    from workers.runners.finetune import learning_verdict
+    from workers.training.spawn import TrainResult
+
+    def result(*losses: float) -> TrainResult:
+        return TrainResult(best_step=1, best_val_loss=min(losses) if losses else None,
+                           final_step=10, adapter_dir=None, seconds=1.0, examples_per_s=1.0,
+                           tokens_per_s=1.0, peak_mem=0,
+                           history=[{"step": i, "val_loss": v} for i, v in enumerate(losses)])
+
+    def score(tuned: float, base: float) -> dict:
+        return {"n": 48, "tuned": tuned, "base": base}
+
+    assert learning_verdict(result(2.0, 0.4), score(0.85, 0.2)) == (True, "")
+    flat, why = learning_verdict(result(6.8, 6.7, 6.7), score(0.0, 0.2))
+    assert flat is False and "no better than the base model's 20.0%" in why \
+        and "never fell 10% below its first evaluation (6.8)" in why
+    assert learning_verdict(result(2.0, 0.5), score(0.3, 0.3))[0] is False  # tie: nothing gained
+    assert learning_verdict(result(2.0, 0.5), score(1.0, 1.0))[0] is True  # base already perfect
+    assert learning_verdict(result(), None) == (None, "no validation split to judge it by")

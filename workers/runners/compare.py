@@ -7,15 +7,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import Session
-
 from tunebot import catalog, jobs, registry, stats
 from tunebot.commands import parse_ref
 from tunebot.datasets.split import leakage
 from tunebot.db import session_scope
 from tunebot.errors import JobError
-from tunebot.models import Job, ModelVersion, PromptVersion
-from tunebot.recommend import MIN_CASES, Candidate, Context, recommend
+from tunebot.models import ModelVersion, PromptVersion
+from tunebot.recommend import MIN_CASES, Candidate, Context, money, recommend
 from tunebot.replies import Reply, context, image, section, table
 from workers.backends.registry import backend_for
 from workers.context import JobContext
@@ -71,13 +69,13 @@ class CompareRunner:
                    if excluded else "."))
         runs: list[tuple[dict[str, Any], CandidateRun, str]] = []
         total = len(rows) * len(plans)
+        gen = gen_params(version.content, temperature=0.0, max_tokens=None)
         for i, plan in enumerate(plans):
             backend = backend_for(plan["model"], ctx.settings, resolve_ft=resolve)
-            gen = gen_params(version.content, temperature=0.0, max_tokens=None)
             run = evaluate(ctx, name=plan["name"], content=plan["content"], rows=rows,
                            backend=backend, gen=gen, done=i * len(rows), total=total)
             runs.append((plan, run, str(getattr(backend, "device", "api"))))
-        return self._report(runs, mv, version, excluded)
+        return self._report(runs, mv, version, excluded, gen.max_new_tokens)
 
     def _model_version(self, model: str) -> ModelVersion | None:
         if not model.startswith("ft:"):
@@ -134,27 +132,36 @@ class CompareRunner:
         return len(versions), max(days, 0.0), n_tests
 
     def _report(self, runs: list[tuple[dict[str, Any], CandidateRun, str]],
-                mv: ModelVersion | None, version: PromptVersion, excluded: int) -> dict[str, Any]:
+                mv: ModelVersion | None, version: PromptVersion, excluded: int,
+                max_new_tokens: int) -> dict[str, Any]:
         ctx, s = self.ctx, self.ctx.settings
         base_plan, base_run, _ = runs[0]
         rows_out, cands = [], []
         summaries = []
         for plan, run, device in runs:
             summ = report.summarize(run)
-            pval = 1.0 if run is base_run else report.paired(base_run, run).p_value
+            pair = None if run is base_run else report.paired(base_run, run)
+            pval = 1.0 if pair is None else pair.p_value
             api = plan["model"].startswith("openai:")
             cost = serving_cost_per_1k(run, device, s, api)
+            bad, bad_detail = report.degenerate(run, max_new_tokens)
             cand = Candidate(run.name, plan["kind"], summ["accuracy"], summ["judged"], cost,
-                             pval)
+                             pval, fixed=pair.c if pair else 0, broken=pair.b if pair else 0,
+                             degenerate=bad, degenerate_detail=bad_detail)
             cands.append(cand)
             summaries.append({**summ, "kind": plan["kind"], "p_vs_prompt": pval,
                               "cost_per_1k": cost, "cost_per_1k_correct":
-                              cand.cost_per_1k_correct, "device": device})
-            rows_out.append([run.name, f"{summ['accuracy']:.1%}", stats.format_ci(*summ["ci"]),
+                              cand.cost_per_1k_correct, "device": device,
+                              "fixed": cand.fixed, "broken": cand.broken,
+                              "degenerate": bad, "degenerate_detail": bad_detail})
+            flag = " ⚠" if cand.mostly_degenerate else ""
+            rows_out.append([run.name + flag, f"{summ['accuracy']:.1%}",
+                             stats.format_ci(*summ["ci"]),
                              "—" if run is base_run else stats.format_p(pval),
                              f"{summ['latency_p50_ms']:.0f}/{summ['latency_p95_ms']:.0f}",
                              f"{summ['tokens_in']:.0f}/{summ['tokens_out']:.0f}",
-                             f"${cost:.4f}", f"${cand.cost_per_1k_correct:.4f}"])
+                             f"${cost:.4f}", f"${cand.cost_per_1k_correct:.4f}",
+                             f"{bad}/{summ['cases']}"])
         train_seconds = float((mv.metrics or {}).get("train_seconds", 0.0)) if mv else 0.0
         train_device = str((mv.metrics or {}).get("device", "cpu")) if mv else "cpu"
         hour = s.price_gpu_hour if train_device.startswith("cuda") else s.price_cpu_hour
@@ -164,18 +171,21 @@ class CompareRunner:
         p_hybrid = 1.0
         if len(runs) == 3:
             p_hybrid = report.paired(runs[1][1], runs[2][1]).p_value
+        learned = (mv.metrics or {}).get("learned") if mv else None
         rec = recommend(cands[0], tuned, Context(
             training_cost=training_cost, traffic_per_day=self.p.get("traffic"),
             train_examples=int((mv.metrics or {}).get("train_examples", 0)) if mv else 0,
-            prompt_versions=n_versions, prompt_days=days, p_tuned_vs_hybrid=p_hybrid))
+            prompt_versions=n_versions, prompt_days=days, p_tuned_vs_hybrid=p_hybrid,
+            tuned_learned=learned if isinstance(learned, bool) else None,
+            learning_note=str((mv.metrics or {}).get("learning_note", "")) if mv else ""))
         chart = self._chart(summaries)
         deploy = self._deploy_times(mv)
         header = ["candidate", "accuracy", "95% CI", "p vs prompt", "p50/p95 ms",
-                  "tokens in/out", "$/1k calls", "$/1k correct"]
+                  "tokens in/out", "$/1k calls", "$/1k correct", "degenerate"]
         prices = (f"prices: GPU ${s.price_gpu_hour}/h · CPU ${s.price_cpu_hour}/h · "
                   f"API ${s.price_per_1k_tokens}/1k tokens (TUNEBOT_PRICE_*)")
-        lines = [f"training cost ${training_cost:.4f} ({train_seconds:.0f} s on {train_device})"
-                 if mv else "no training (both candidates are prompts)",
+        lines = [f"training cost {money(training_cost)} ({train_seconds:.0f} s on "
+                 f"{train_device})" if mv else "no training (both candidates are prompts)",
                  f"time to deploy: {deploy}; the prompt: {n_versions} version(s), {n_tests} "
                  f"test run(s), {days:.1f} day(s) from first to this version"]
         if rec.break_even_calls is not None:
@@ -189,6 +199,7 @@ class CompareRunner:
                   image(str(chart), "accuracy vs cost per 1,000 calls")]
         ctx.say(Reply(text=rec.line, blocks=blocks))
         return {"candidates": summaries, "recommendation": rec.line, "decision": rec.decision,
+                "cases_needed": rec.cases_needed,
                 "reasons": rec.reasons, "training_cost": training_cost, "chart": str(chart),
                 "break_even_calls": rec.break_even_calls, "break_even_days":
                 rec.break_even_days, "excluded": excluded, "headline": rec.line}
@@ -196,8 +207,7 @@ class CompareRunner:
     def _deploy_times(self, mv: ModelVersion | None) -> str:
         if mv is None or mv.job_id is None:
             return "prompt only"
-        with Session(self.ctx.engine) as s:
-            job = s.get(Job, mv.job_id)
+        job = jobs.get(engine=self.ctx.engine, job_id=mv.job_id)
         if job is None or job.started_at is None or job.finished_at is None:
             return "unknown"
         secs = (_aware(job.finished_at) - _aware(job.started_at)).total_seconds()

@@ -143,7 +143,8 @@ class FinetuneRunner:
             fold_scores = []
         ctx.check()
         score, side_by_side = self._held_out(prep, result)
-        mv = self._register(prep, result, score, device)
+        learned, note = learning_verdict(result, score)
+        mv = self._register(prep, result, score, device, learned, note)
         ref = f"ft:{mv.name}@{mv.version}"
         blocks = [section(
             f"Registered {ref} (best step {result.best_step}"
@@ -167,8 +168,16 @@ class FinetuneRunner:
         if result.loss_png is not None and Path(result.loss_png).is_file():
             blocks.append(image(str(result.loss_png), "loss curve (train vs validation)"))
         ctx.say(Reply(text=f"Registered {ref}", blocks=blocks))
-        return {"model": ref, "best_step": result.best_step, "best_val_loss":
-                result.best_val_loss, "final_step": result.final_step, "held_out": score,
+        if learned is False:
+            hp = prep.hp
+            ctx.say(Reply(text=f"⚠ {ref} did not learn its task: {note}. Try a higher learning "
+                          f"rate or more epochs (it trained at lr={hp.get('lr')}, "
+                          f"epochs={hp.get('epochs')}: e.g. lr=1e-3 epochs=5), more training "
+                          "rows, or template=full if the task lives in the prompt. /compare "
+                          "with it says nothing about fine-tuning."))
+        return {"model": ref, "learned": learned, "learning_note": note,
+                "best_step": result.best_step, "best_val_loss": result.best_val_loss,
+                "final_step": result.final_step, "held_out": score,
                 "folds": fold_scores, "stopped_early": result.stopped_early,
                 "headline": f"{ref} registered"}
 
@@ -221,7 +230,7 @@ class FinetuneRunner:
         return score, rows
 
     def _register(self, prep: Prepared, result: TrainResult, score: dict[str, Any] | None,
-                  device: str) -> Any:
+                  device: str, learned: bool | None, note: str) -> Any:
         ctx, p = self.ctx, self.p
         assert result.adapter_dir is not None
         adapter = Path(result.adapter_dir)
@@ -244,7 +253,30 @@ class FinetuneRunner:
                      or result.seconds, "device": device, "train_examples": len(prep.train),
                      "val_examples": len(prep.val), "data_check_seconds": prep.seconds,
                      "examples_per_s": result.examples_per_s, "held_out": score,
-                     "finished_at": time.time()})
+                     "learned": learned, "learning_note": note, "finished_at": time.time()})
+
+
+MIN_LOSS_DROP = 0.10  # a validation loss that never fell 10% below its first value did not move
+
+
+def learning_verdict(result: TrainResult, score: dict[str, Any] | None) -> tuple[bool | None, str]:
+    """Whether the tuned model learned its task, and why not: it is not better than its base
+    on the validation split (unless the base is already perfect), or its validation loss never
+    fell meaningfully below the first evaluation. None when there is nothing to judge by."""
+    reasons = []
+    if score is not None and score["n"] > 0:
+        if score["tuned"] < score["base"] or (score["tuned"] == score["base"] < 1.0):
+            reasons.append(f"held-out {score['tuned']:.1%} is no better than the base model's "
+                           f"{score['base']:.1%}")
+    losses = [float(h["val_loss"]) for h in result.history if h.get("val_loss") is not None]
+    if len(losses) >= 2 and min(losses[1:]) > losses[0] * (1 - MIN_LOSS_DROP):
+        reasons.append(f"validation loss {min(losses):.3g} never fell {MIN_LOSS_DROP:.0%} below "
+                       f"its first evaluation ({losses[0]:.3g})")
+    if reasons:
+        return False, "; ".join(reasons)
+    if (score is None or score["n"] == 0) and len(losses) < 2:
+        return None, "no validation split to judge it by"
+    return True, ""
 
 
 def _snip(text: str, n: int = 50) -> str:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 from tunebot import stats
 from tunebot.replies import Reply, fields, section, table
 from workers.runners.evaluate import CandidateRun, CaseOutcome
-from workers.scoring import classification_report
+from workers.scoring import INVALID, classification_report, extract_json
 
 BINARY_TOL = 1e-9
 
@@ -122,6 +122,23 @@ def summary_reply(run: CandidateRun, s: dict[str, Any]) -> Reply:
         blocks.append(section("worst cases:\n" + "\n".join(lines)))
     text = f"{head}"
     return Reply(text=text, blocks=blocks)
+
+
+def degenerate(run: CandidateRun, max_new_tokens: int) -> tuple[int, str]:
+    """How many first-sample answers are degenerate — empty, with no valid choice (choice
+    outputs), cut at max_new_tokens, or not JSON when JSON is required — and by which kind."""
+    fmt = (run.output_spec or {}).get("format", "text")
+    kinds: Counter[str] = Counter()
+    for o in run.first_samples():
+        if not o.output.strip():
+            kinds["empty"] += 1
+        elif fmt == "choice" and o.predicted == INVALID:
+            kinds["no valid choice"] += 1
+        elif fmt == "json" and extract_json(o.output) is None:
+            kinds["not JSON"] += 1
+        elif o.tokens_out >= max_new_tokens:
+            kinds["cut by max_tokens"] += 1
+    return sum(kinds.values()), ", ".join(f"{k} {v}" for k, v in kinds.most_common())
 
 
 def paired(a: CandidateRun, b: CandidateRun) -> stats.PairedResult:
