@@ -28,6 +28,7 @@ MAX_YAML_BYTES = 1_000_000
 FILE_KEYS = ("name", "description", "owner", "tags", "datasets", "labels", "versions")
 META_KEYS = ("name", "description", "tags", "datasets")
 DATA_SUFFIXES = (".jsonl", ".csv", ".tsv", ".yaml", ".yml")
+GUIDELINES = "guidelines"  # prompts/guidelines.yaml: the team's rules, not a prompt
 
 
 MAX_YAML_NODES = 200_000
@@ -149,7 +150,8 @@ def import_dir(*, engine: Engine, settings: Settings, team_id: str, user: str,
                 report.files.append(_import_dataset(engine, settings, team_id, user, file, path))
     known = {d.name for d in list_datasets(engine=engine, team_id=team_id)}
     for file in sorted(path.iterdir()):
-        if file.is_file() and file.suffix.lower() in (".yaml", ".yml"):
+        if file.is_file() and file.suffix.lower() in (".yaml", ".yml") \
+                and file.stem != GUIDELINES:
             report.files.append(_import_prompt(engine, team_id, user, file, path, known))
     return report
 
