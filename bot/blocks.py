@@ -1,13 +1,17 @@
-"""Block Kit, built by pure functions from transport-neutral replies. User text is escaped."""
+"""Block Kit, built by pure functions from transport-neutral replies. User text is escaped.
+
+Every limit Slack enforces is applied through bot/limits.py: long text is clipped with a note
+saying how much was cut, fields beyond ten go into another section (each field within 2,000
+characters), and a reply with more blocks than a message holds ends with a note saying how many
+were left out.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from bot import limits
 from tunebot.replies import Reply, format_table
-
-SECTION_LIMIT = 2900  # Slack's section text limit is 3000 characters
-MAX_BLOCKS = 45
 
 
 def escape(text: str) -> str:
@@ -15,54 +19,42 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _clip(text: str, limit: int = SECTION_LIMIT) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _mrkdwn(text: str) -> dict[str, Any]:
-    return {"type": "mrkdwn", "text": _clip(escape(text))}
-
-
-def _code(text: str) -> dict[str, Any]:
+def _code(text: str) -> list[dict[str, Any]]:
     # Code fences keep tables aligned; the fence itself must survive clipping.
-    body = escape(text).replace("```", "ˋˋˋ")
-    return {"type": "section", "text": {"type": "mrkdwn",
-                                        "text": "```" + _clip(body, SECTION_LIMIT - 6) + "```"}}
+    return [limits.code_section(escape(text).replace("```", "ˋˋˋ"))]
 
 
-def block(b: dict[str, Any]) -> dict[str, Any] | None:
-    """One reply block as a Block Kit block (images are uploaded as files instead)."""
+def blocks_of(b: dict[str, Any]) -> list[dict[str, Any]]:
+    """One reply block as the Block Kit blocks that show all of it (images are uploaded as
+    files instead, so they make none)."""
     kind = b.get("type")
     if kind == "section":
-        return {"type": "section", "text": _mrkdwn(b["text"])}
+        return [limits.section(escape(b["text"]))]
     if kind == "context":
-        return {"type": "context", "elements": [_mrkdwn(b["text"])]}
+        return limits.context([escape(b["text"])])
     if kind == "code":
         return _code(b["text"])
     if kind == "table":
         return _code(format_table(b["header"], b["rows"]))
     if kind == "fields":
-        items = [_mrkdwn(f"*{k}*\n{v}") for k, v in b["pairs"][:10]]
-        return {"type": "section", "fields": items}
+        return limits.field_sections([escape(f"*{k}*\n{v}") for k, v in b["pairs"]])
     if kind == "divider":
-        return {"type": "divider"}
+        return [{"type": "divider"}]
     if kind == "actions":
-        return {"type": "actions", "elements": [
-            {"type": "button", "action_id": btn["action_id"], "value": btn.get("value", ""),
-             "text": {"type": "plain_text", "text": btn["text"][:75]}}
-            for btn in b["buttons"][:5]]}
-    return None
+        return limits.actions([limits.button(btn["action_id"], btn["text"], btn.get("value", ""))
+                               for btn in b["buttons"]])
+    return []
 
 
 def reply_blocks(reply: Reply) -> list[dict[str, Any]]:
-    """Block Kit blocks for a reply."""
-    out = [bb for b in reply.blocks if (bb := block(b)) is not None]
-    return out[:MAX_BLOCKS] or [{"type": "section", "text": _mrkdwn(reply.text or " ")}]
+    """Block Kit blocks for a reply, within a message's limits."""
+    out = [bb for b in reply.blocks for bb in blocks_of(b)]
+    return limits.fit(out) or [limits.section(escape(reply.text or " "))]
 
 
 def fallback_text(reply: Reply) -> str:
     """The notification text (escaped, clipped)."""
-    return _clip(escape(reply.text or " "), 3000)
+    return limits.clip(escape(reply.text or " "), limits.NOTIFICATION_TEXT)
 
 
 def images(reply: Reply) -> list[dict[str, str]]:

@@ -13,9 +13,11 @@ from typing import Any
 from slack_sdk import WebClient
 from sqlalchemy.engine import Engine
 
+from bot import limits
 from bot.blocks import escape
 from tunebot import catalog, jobs, registry
 from tunebot.db import session_scope
+from tunebot.handlers.common import delivery_text
 from tunebot.models import Job
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ def _scores(engine: Engine, team_id: str) -> tuple[dict[str, Score], dict[str, S
 
 
 def _md(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:2900]}}
+    return limits.section(text)
 
 
 def home_view(engine: Engine, team_id: str, page: int = 0) -> dict[str, Any]:
@@ -85,7 +87,7 @@ def home_view(engine: Engine, team_id: str, page: int = 0) -> dict[str, Any]:
     pages = max(1, -(-len(prompts) // PAGE))
     page = min(max(page, 0), pages - 1)
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": "tunebot"}},
+        {"type": "header", "text": limits.plain("tunebot", limits.HEADER_TEXT)},
         _md(f"*Prompt catalog* — {len(prompts)} prompt(s)"
             + (f", page {page + 1} of {pages}" if pages > 1 else "")),
     ]
@@ -104,18 +106,17 @@ def home_view(engine: Engine, team_id: str, page: int = 0) -> dict[str, Any]:
         blocks.append(_md("No prompts yet: `/prompt new` opens the form."))
     nav = []
     if page > 0:
-        nav.append({"type": "button", "action_id": f"{HOME_PAGE}_prev", "value": str(page - 1),
-                    "text": {"type": "plain_text", "text": "◂ Previous"}})
+        nav.append(limits.button(f"{HOME_PAGE}_prev", "◂ Previous", str(page - 1)))
     if page < pages - 1:
-        nav.append({"type": "button", "action_id": f"{HOME_PAGE}_next", "value": str(page + 1),
-                    "text": {"type": "plain_text", "text": "Next ▸"}})
-    if nav:
-        blocks.append({"type": "actions", "block_id": "home_nav", "elements": nav})
+        nav.append(limits.button(f"{HOME_PAGE}_next", "Next ▸", str(page + 1)))
+    blocks += limits.actions(nav, block_id="home_nav")
 
     blocks += [{"type": "divider"}, _md("*Running and recent jobs*")]
     blocks.append(_md("\n".join(
         f"#{j.id} · {j.status}" + (f" {int(100 * j.progress)}%" if j.status == "running" else "")
-        + f" · {escape((j.title or j.kind)[:80])}" for j in recent) or "No jobs yet."))
+        + f" · {escape((j.title or j.kind)[:80])}"
+        + (f" · :warning: {escape(delivery_text(j)[:200])}" if delivery_text(j) else "")
+        for j in recent) or "No jobs yet."))
 
     models = registry.list_models(engine=engine, team_id=team_id)
     blocks += [{"type": "divider"}, _md(f"*Models* — {len(models)} version(s)")]
@@ -136,7 +137,7 @@ def home_view(engine: Engine, team_id: str, page: int = 0) -> dict[str, Any]:
         for j in comparisons:
             blocks.append(_md(f"#{j.id} · {escape((j.title or '')[:80])}\n"
                               f"{escape(str((j.result or {}).get('recommendation', '')))}"))
-    return {"type": "home", "blocks": blocks[:100]}
+    return {"type": "home", "blocks": limits.fit(blocks, limits.VIEW_BLOCKS)}
 
 
 def publish_home(client: WebClient, engine: Engine, team_id: str, user_id: str,

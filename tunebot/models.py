@@ -170,6 +170,11 @@ class Job(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Slack delivery of the job's thread: failures in a row (reset once delivered), the last
+    # error, and when delivery stopped for good (a permanent refusal, or attempts spent).
+    delivery_attempts: int = 0
+    delivery_error: str | None = Field(default=None, max_length=512)
+    delivery_failed_at: datetime | None = None
 
 
 class JobEvent(SQLModel, table=True):
@@ -262,6 +267,20 @@ class PendingUpload(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime
     used_at: datetime | None = None
+
+
+class FormState(SQLModel, table=True):
+    """A form's state too large for Slack's private_metadata, kept here under a random key."""
+
+    __tablename__ = "form_states"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=64, unique=True)
+    team_id: str = Field(max_length=32)
+    user_id: str = Field(max_length=64)
+    data: dict[str, Any] = _json(dict)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(index=True)
 
 
 # Invariants live with the tables, so every process that can write a PromptVersion has them

@@ -11,8 +11,9 @@ from slack_sdk import WebClient
 from sqlalchemy.exc import IntegrityError
 
 from bot.blocks import escape
-from bot.modals import CALLBACK, loading_view, message_view, prompt_form, submission
+from bot.modals import CALLBACK, STORED, loading_view, message_view, prompt_form, submission
 from tunebot import catalog
+from tunebot.catalog import forms
 from tunebot.commands import Command
 from tunebot.core import Core
 from tunebot.db import session_scope
@@ -36,10 +37,19 @@ def open_prompt_form(client: WebClient, core: Core, cmd: Command, command: dict[
                                             name=name)
                 latest = catalog.latest_version(session=session, prompt=prompt)
                 content = dict(latest.content) if latest is not None else None
+        def stash(meta: dict[str, Any]) -> str:
+            return forms.put_form_state(engine=core.engine, team_id=command["team_id"],
+                                        user_id=command["user_id"], data=meta)
+
         form = prompt_form(mode=mode, name=name, content=content,
-                           channel=command.get("channel_id"))
+                           channel=command.get("channel_id"), stash=stash)
     except UserError as exc:
         form = message_view("Edit prompt", escape(str(exc)))
+    except Exception as exc:  # the database is away: say so rather than load forever
+        log.warning("could not build the prompt form: %s: %s", exc.__class__.__name__,
+                    str(exc)[:200])
+        form = message_view("Prompt form", "tunebot could not open the form just now (its "
+                            "database is not answering); please try again in a minute.")
     client.views_update(view_id=view["id"], hash=view.get("hash"), view=form)
 
 
@@ -50,12 +60,17 @@ def register(app: BoltApp, core: Core) -> None:
     def on_submit(ack: Ack, body: dict[str, Any], view: dict[str, Any],
                   client: WebClient) -> None:
         """Validate; errors go back into the form, a saved version is announced."""
-        meta, content, errors = submission(view)
+        team = (body.get("team") or {}).get("id") or view.get("team_id", "")
+        user = body["user"]["id"]
+
+        def load(key: str) -> dict[str, Any] | None:
+            return forms.get_form_state(engine=core.engine, key=key, team_id=team,
+                                        user_id=user)
+
+        meta, content, errors = submission(view, load)
         if errors:
             ack(response_action="errors", errors=errors)
             return
-        team = (body.get("team") or {}).get("id") or view.get("team_id", "")
-        user = body["user"]["id"]
         try:
             with session_scope(core.engine) as session:
                 version, created = catalog.save_version(
@@ -72,6 +87,11 @@ def register(app: BoltApp, core: Core) -> None:
                     "someone saved this prompt at the same moment; submit again"})
             return
         ack()
+        if meta.get(STORED):  # saved: the form's kept state is done with (else it expires)
+            try:
+                forms.drop_form_state(engine=core.engine, key=str(meta[STORED]))
+            except Exception as exc:
+                log.info("form state %s stays until it expires: %s", meta[STORED], exc)
         name = meta["name"]
         text = (f"<@{user}> saved *{escape(name)}@{number}*"
                 + (f" — {escape(meta['message'])}" if meta.get("message") else "")

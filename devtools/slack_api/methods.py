@@ -16,7 +16,7 @@ from .records import Identity, UploadedFile
 from .workspace import SlackError, Workspace
 
 Result = tuple[dict[str, Any], str | None]
-MAX_TEXT = 40_000
+MAX_TEXT = blockcheck.MAX_TEXT
 
 
 def _require(args: dict[str, Any], *names: str) -> None:
@@ -50,7 +50,7 @@ def _view(args: dict[str, Any], *, kinds: tuple[str, ...]) -> dict[str, Any]:
     view = args.get("view")
     if not isinstance(view, dict) or view.get("type") not in kinds:
         raise SlackError("invalid_arguments")
-    found = blockcheck.problems(view.get("blocks", []), max_blocks=blockcheck.MAX_MODAL_BLOCKS)
+    found = blockcheck.view_problems(view)
     if found:
         raise SlackError("invalid_arguments", response_metadata={"messages": found})
     return view

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
-from sqlmodel import SQLModel
+from sqlalchemy import inspect, text
+from sqlmodel import Session, SQLModel, select
 
-import tunebot.models  # noqa: F401
 from tunebot import migrate
 from tunebot.db import make_engine
+from tunebot.models import FormState, Job
 
 
 def test_upgrade_matches_models_and_downgrades(db_url: str) -> None:
@@ -27,3 +28,50 @@ def test_upgrade_matches_models_and_downgrades(db_url: str) -> None:
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
     engine.dispose()
     migrate.upgrade(db_url)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_url(request: pytest.FixtureRequest) -> str:
+    """An empty database (not migrated) on SQLite and on PostgreSQL."""
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
+
+
+def test_0005_keeps_existing_jobs_and_adds_delivery_state_and_form_states(
+        empty_url: str) -> None:
+    migrate.upgrade(empty_url, "0004")
+    engine = make_engine(empty_url)
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO jobs (id, team_id, kind, queue, status, requested_by, channel, title, "
+            "attempt, max_attempts, cancel_requested, progress, sends, created_at) VALUES "
+            "(7, 'T1', 'ping', 'inference', 'succeeded', 'U1', 'C1', 'old job', 1, 5, false, "
+            "1.0, 1, '2026-11-01 10:00:00')"))
+        conn.execute(text(
+            "INSERT INTO job_events (job_id, team_id, seq, kind, created_at, "
+            "delivery_attempts) VALUES (7, 'T1', 1, 'final', '2026-11-01 10:00:01', 0)"))
+    engine.dispose()
+
+    migrate.upgrade(empty_url)
+    engine = make_engine(empty_url)
+    with engine.begin() as conn:
+        row = conn.execute(text("SELECT title, delivery_attempts, delivery_error, "
+                                "delivery_failed_at FROM jobs WHERE id = 7")).one()
+        assert tuple(row) == ("old job", 0, None, None)
+        assert conn.execute(text("SELECT count(*) FROM job_events")).scalar_one() == 1
+        conn.execute(text("INSERT INTO form_states (key, team_id, user_id, data, created_at, "
+                          "expires_at) VALUES ('k1', 'T1', 'U1', '{}', '2026-11-01 10:00:00', "
+                          "'2026-11-02 10:00:00')"))
+    with Session(engine) as session:  # the new columns and table through the models
+        job = session.get(Job, 7)
+        assert job is not None and job.delivery_attempts == 0 and job.delivery_failed_at is None
+        state = session.exec(select(FormState)).one()
+        assert state.key == "k1" and state.expires_at.tzinfo is not None
+    engine.dispose()
+
+    migrate.downgrade(empty_url, "0004")  # and back: the job survives without the columns
+    engine = make_engine(empty_url)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT title FROM jobs WHERE id = 7")).scalar_one() == "old job"
+        assert "form_states" not in inspect(conn).get_table_names()
+        assert "delivery_error" not in {c["name"] for c in inspect(conn).get_columns("jobs")}
+    engine.dispose()

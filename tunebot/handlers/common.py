@@ -76,14 +76,29 @@ def cancel_job(app: Core, actor: Actor, job_id: int, *, running: str) -> Outcome
     return Outcome(Reply(text=text, blocks=[section(text)]))
 
 
+def delivery_text(job: Job) -> str:
+    """The state of a job's Slack delivery when it is not simply fine: stopped for good (and
+    why), or retrying after failures in a row."""
+    if job.delivery_failed_at is not None:
+        return f"not delivered to Slack: {job.delivery_error or 'failed'}"
+    if job.delivery_attempts:
+        return f"Slack delivery retrying ({job.delivery_attempts} failed: " \
+               f"{job.delivery_error or 'error'})"
+    return ""
+
+
 def jobs_table(rows: list[Job]) -> Reply:
-    """A reply listing jobs."""
+    """A reply listing jobs; a job whose thread could not be posted to Slack says so."""
     if not rows:
         return Reply(text="No jobs yet.", blocks=[section("No jobs yet.")])
     body = [[f"#{j.id}", j.kind, j.status, f"{int(100 * j.progress)}%", j.requested_by,
              (j.title or "")[:60]] for j in rows]
-    return Reply(text=f"{len(rows)} jobs",
-                 blocks=[table(["job", "kind", "status", "progress", "by", "title"], body)])
+    blocks = [table(["job", "kind", "status", "progress", "by", "title"], body)]
+    failing = [(j, delivery_text(j)) for j in rows if delivery_text(j)]
+    if failing:
+        blocks.append(table(["job", "slack delivery"], [[f"#{j.id}", text[:200]]
+                                                        for j, text in failing]))
+    return Reply(text=f"{len(rows)} jobs", blocks=blocks)
 
 
 def check_model(app: Core, actor: Actor, model: str, usage: str) -> str:

@@ -7,7 +7,7 @@ marking it delivered and recording the status message all happen here.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.engine import Engine
@@ -77,25 +77,66 @@ def read_events(*, engine: Engine, job_id: int, after_seq: int = 0) -> list[JobE
         return list(rows)
 
 
+# A chain waiting out its back-off keeps the claim under its own name with this suffix: only
+# that chain's retry may take it back before it expires (a redelivered copy of the running
+# message may not, since it finds the plain name).
+WAITING = "#waiting"
+
+
 def claim_delivery(*, engine: Engine, job_id: int, owner: str, seconds: float) -> bool:
-    """Become the job's one deliverer for `seconds`: keeps its thread in order, posted once."""
+    """Become the job's one deliverer for `seconds`: keeps its thread in order, posted once.
+
+    Refused while another deliverer holds the claim (running, or waiting out its back-off),
+    and for good once the job's delivery failed permanently.
+    """
     now = utcnow()
     with session_scope(engine) as session:
         res = session.exec(
             update(Job).where(col(Job.id) == job_id,
+                              col(Job.delivery_failed_at).is_(None),
                               or_(col(Job.notify_owner).is_(None),
-                                  col(Job.notify_until) < now))
+                                  col(Job.notify_until) < now,
+                                  col(Job.notify_owner) == owner + WAITING))
             .values(notify_owner=owner, notify_until=now + timedelta(seconds=seconds))
         )
         return res.rowcount == 1
 
 
 def release_delivery(*, engine: Engine, job_id: int, owner: str) -> None:
-    """Give up the job's delivery claim (if we still hold it)."""
+    """Give up the job's delivery claim (if we still hold it): everything was delivered, so the
+    run of failures ends."""
     with session_scope(engine) as session:
         session.execute(update(Job).where(col(Job.id) == job_id,
                                           col(Job.notify_owner) == owner)
-                        .values(notify_owner=None, notify_until=None))
+                        .values(notify_owner=None, notify_until=None, delivery_attempts=0,
+                                delivery_error=None))
+
+
+def delivery_retry_later(*, engine: Engine, job_id: int, owner: str, attempts: int,
+                         error: str, retry_at: datetime, grace: float) -> bool:
+    """Keep the claim through a back-off: nobody else starts delivering before `retry_at`
+    (+ `grace`, after which the reconciler may start over if our retry was lost). Records the
+    failures in a row and the last error; False when the claim was no longer ours."""
+    with session_scope(engine) as session:
+        res = session.exec(
+            update(Job).where(col(Job.id) == job_id, col(Job.notify_owner) == owner)
+            .values(notify_owner=owner + WAITING,
+                    notify_until=retry_at + timedelta(seconds=grace),
+                    delivery_attempts=attempts, delivery_error=error[:512])
+        )
+        return res.rowcount == 1
+
+
+def delivery_failed(*, engine: Engine, job_id: int, error: str) -> bool:
+    """Stop delivering the job's thread for good (a permanent refusal, or attempts spent) and
+    drop its claim; True only for the call that recorded it (so it is logged once)."""
+    with session_scope(engine) as session:
+        res = session.exec(
+            update(Job).where(col(Job.id) == job_id, col(Job.delivery_failed_at).is_(None))
+            .values(delivery_failed_at=utcnow(), delivery_error=error[:512],
+                    notify_owner=None, notify_until=None)
+        )
+        return res.rowcount == 1
 
 
 def next_undelivered(*, engine: Engine, job_id: int) -> tuple[Job | None, JobEvent | None]:

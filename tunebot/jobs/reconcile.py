@@ -90,13 +90,19 @@ def reconcile(*, engine: Engine, waker: Waker | None, resend_after: float) -> Re
             assert job.id is not None
             out.resent.append(job.id)
         queues = {j.id: j.queue for j in [*expired, *stale]}
-        # Slack events a notifier has not delivered yet (Slack down, notifier restarted).
+        # Slack events a notifier has not delivered yet (Slack down, notifier restarted). Not
+        # while a deliverer holds the job's claim (running, or waiting out its back-off: its
+        # own retry comes) nor once delivery failed for good: a notify per pass would start
+        # another chain each time.
         cutoff = now - timedelta(seconds=resend_after)
         undelivered = session.execute(
             select(col(JobEvent.job_id)).join(Job, col(Job.id) == col(JobEvent.job_id))
             .where(col(JobEvent.delivered_at).is_(None),
                    col(JobEvent.created_at) < cutoff,
-                   col(Job.channel).is_not(None)).distinct()
+                   col(Job.channel).is_not(None),
+                   col(Job.delivery_failed_at).is_(None),
+                   or_(col(Job.notify_until).is_(None), col(Job.notify_until) < now))
+            .distinct()
         ).scalars().all()
         out.notify = list(undelivered)
     if waker is not None:
@@ -138,3 +144,26 @@ class Reconciler(threading.Thread):
     def stop(self) -> None:
         """Ask the loop to end."""
         self._stop_event.set()
+
+
+def wake_queued(*, engine: Engine, waker: Waker, queues: tuple[str, ...],
+                limit: int = 500) -> list[int]:
+    """Wake every queued job of `queues` now, oldest first (at most `limit`): what a worker
+    does as it starts. A job whose send failed (the broker away, or not ready while this
+    worker started) would otherwise wait out the reconciler's back-off; a second wake-up of a
+    job whose message did arrive is harmless, since its lease admits one run."""
+    with session_scope(engine) as session:
+        queued = session.execute(
+            select(col(Job.id), col(Job.queue))
+            .where(col(Job.status) == "queued", col(Job.queue).in_(queues))
+            .order_by(col(Job.id)).limit(limit)
+        ).all()
+    woken: list[int] = []
+    for job_id, queue in queued:
+        try:
+            waker.send_job(job_id, queue)
+        except Exception:
+            log.warning("broker unavailable; queued jobs wait for the reconciler")
+            break
+        woken.append(job_id)
+    return woken
