@@ -53,6 +53,15 @@ def download(file: dict[str, Any], token: str, settings: Settings, dest_dir: Pat
         raise UserError(f"{name} is {int(file['size']) / 1e6:.1f} MB; the limit is "
                         f"{settings.max_upload_mb} MB (TUNEBOT_MAX_UPLOAD_MB)")
     path = dest_dir / name
+    try:
+        _fetch(url, token, path, name, limit, settings.max_upload_mb)
+    except httpx.HTTPError as exc:  # refused, reset, timed out: say so, never crash the listener
+        raise UserError(f"{name}: download from Slack failed ({exc.__class__.__name__}); "
+                        "try sharing it again") from exc
+    return path
+
+
+def _fetch(url: str, token: str, path: Path, name: str, limit: int, limit_mb: int) -> None:
     got = 0
     # No redirects: a redirect is Slack's sign-in page, and the token stays with this host.
     with httpx.stream("GET", url, headers={"Authorization": f"Bearer {token}"}, timeout=60,
@@ -67,14 +76,14 @@ def download(file: dict[str, Any], token: str, settings: Settings, dest_dir: Pat
             for chunk in resp.iter_bytes(1 << 16):
                 got += len(chunk)
                 if got > limit:
-                    raise UserError(f"{name} is over the {settings.max_upload_mb} MB limit "
+                    raise UserError(f"{name} is over the {limit_mb} MB limit "
                                     "(TUNEBOT_MAX_UPLOAD_MB)")
                 out.write(chunk)
-    return path
 
 
 def staging_dir(settings: Settings) -> Path:
-    """A fresh folder for one upload, under var/ (removed by the caller)."""
+    """A fresh folder for one upload, under var/ (removed by the caller); OSError when var/
+    cannot be written (the caller answers it)."""
     root = settings.var_dir / "uploads"
     root.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(dir=root))

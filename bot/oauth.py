@@ -8,8 +8,10 @@ and Bolt authorizes each request with the bot token of the workspace it came fro
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 from slack_bolt import App as BoltApp
@@ -18,7 +20,7 @@ from slack_bolt.oauth.oauth_settings import OAuthSettings
 from slack_sdk.oauth.installation_store import Bot
 from slack_sdk.oauth.installation_store.sqlalchemy import SQLAlchemyInstallationStore
 from slack_sdk.oauth.state_store.sqlalchemy import SQLAlchemyOAuthStateStore
-from sqlalchemy import MetaData, and_, desc, update
+from sqlalchemy import MetaData, and_, delete, desc, func, select, update
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST = Path(__file__).resolve().parent / "manifest.yaml"
 STATE_SECONDS = 600
+# Live install states kept at most: GET /slack/install needs no authentication, so a flood of
+# it must not grow the table without bound (the oldest unused states go first).
+MAX_STATES = 10_000
 
 
 class EncryptedInstallationStore(SQLAlchemyInstallationStore):
@@ -69,6 +74,35 @@ class EncryptedInstallationStore(SQLAlchemyInstallationStore):
                          .where(and_(c.client_id == self.client_id,
                                      c.enterprise_id == enterprise_id, c.team_id == team_id))
                          .values(bot_token=None, bot_refresh_token=None))
+
+
+class ExpiringOAuthStateStore(SQLAlchemyOAuthStateStore):
+    """slack_sdk's SQL state store, bounded: slack_sdk deletes a state only when it is consumed,
+    so every install page opened and abandoned (or requested by anyone, unauthenticated) left
+    a row forever. Each new state now removes the expired ones and all but the newest
+    MAX_STATES, in the same small transaction."""
+
+    def issue(self, *args: Any, **kwargs: Any) -> str:
+        """A new state (slack_sdk's), then the table pruned."""
+        state: str = super().issue(*args, **kwargs)
+        try:
+            self.prune()
+        except Exception as exc:  # the state is issued; pruning again next time is enough
+            log.warning("could not prune expired OAuth states: %s", exc.__class__.__name__)
+        return state
+
+    def prune(self) -> int:
+        """Delete expired states and those beyond the newest MAX_STATES; how many went."""
+        c = self.oauth_states.c
+        # Naive UTC, as slack_sdk writes expire_at (normalize_datetime_for_db).
+        now = datetime.now(tz=UTC).replace(tzinfo=None)
+        with self.engine.begin() as conn:
+            gone = conn.execute(delete(self.oauth_states).where(c.expire_at <= now)).rowcount
+            top = conn.execute(select(func.max(c.id))).scalar()
+            if top is not None and top > MAX_STATES:
+                gone += conn.execute(delete(self.oauth_states)
+                                     .where(c.id <= top - MAX_STATES)).rowcount
+        return int(gone or 0)
 
 
 def oauth_enabled(settings: Settings) -> bool:
@@ -116,8 +150,8 @@ def oauth_settings(settings: Settings, engine: Engine) -> OAuthSettings | None:
         installation_store=installation_store(settings, engine),
         # Authorize with slack_bots only: the bot token is all tunebot ever acts with.
         installation_store_bot_only=True,
-        state_store=SQLAlchemyOAuthStateStore(expiration_seconds=STATE_SECONDS, engine=engine,
-                                              logger=log),
+        state_store=ExpiringOAuthStateStore(expiration_seconds=STATE_SECONDS, engine=engine,
+                                            logger=log),
         state_expiration_seconds=STATE_SECONDS,
         logger=log,
     )

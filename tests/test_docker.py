@@ -31,3 +31,47 @@ def test_compose_services_images_and_wiring() -> None:
     # The GPU image carries no Slack stack: no bot/ package, no `bot` extra.
     assert "COPY bot" not in worker and "[bot" not in worker and "bot]" not in worker
     assert '".[bot]"' in (REPO / "docker/Dockerfile.bot").read_text()
+
+
+def test_one_artifacts_volume_wherever_artifacts_are_read_or_written() -> None:
+    """Datasets the bot stores are read by workers; charts the workers write are posted by the
+    notifier: every one of them mounts the same volume, at the folder the settings name, and
+    the bot image's user owns it (issue 17, item 5)."""
+    compose = yaml.safe_load((REPO / "docker/compose.yaml").read_text())
+    services = compose["services"]
+    assert "artifacts" in compose["volumes"]
+    users = {"migrate", "bot", "notifier", "worker-inference", "worker-gpu"}
+    mounts: dict[str, str] = {}
+    for name in users:
+        env = services[name]["environment"]
+        found = [v.split(":") for v in services[name].get("volumes", [])
+                 if v.split(":")[0] == "artifacts"]
+        assert len(found) == 1, f"{name} does not mount the artifacts volume"
+        mounts[name] = found[0][1].rstrip("/")
+        # Every folder the service reads or writes lies on that volume.
+        for key in ("TUNEBOT_ARTIFACTS_DIR", "TUNEBOT_VAR_DIR", "TUNEBOT_MODEL_CACHE_DIR"):
+            assert env.get(key, "").startswith(mounts[name] + "/"), (name, key, env.get(key))
+        assert env["TUNEBOT_ARTIFACTS_DIR"] == services["bot"]["environment"][
+            "TUNEBOT_ARTIFACTS_DIR"]
+    assert set(mounts.values()) == {"/data"}, mounts
+    # The bot image runs as uid 1000 in a root-owned /app: /data is made and owned by that
+    # user in the image (a new volume starts with it), and the one-shot migrate step hands an
+    # older volume's writable folders to the same uid before the bot starts.
+    dockerfile = (REPO / "docker/Dockerfile.bot").read_text()
+    user = dockerfile.rsplit("USER ", 1)[1].split()[0]
+    assert user == "1000"
+    assert "install -d -o 1000 -g 1000 /data " in dockerfile
+    assert dockerfile.index("/data/artifacts") < dockerfile.rindex("USER ")
+    for folder in ("/data/var", "/data/artifacts/datasets"):
+        assert folder in dockerfile
+    migrate = services["migrate"]
+    script = " ".join(migrate["command"])
+    assert migrate.get("user") in ("0", "0:0", "root")
+    assert "chown -R 1000:1000 /data/artifacts/datasets /data/var" in script
+    assert script.rstrip().endswith("exec tunebot db upgrade")
+    for name in users - {"migrate"}:
+        assert services[name]["depends_on"]["migrate"]["condition"] == (
+            "service_completed_successfully")
+        # Only the one-shot step runs as root among the bot image's services.
+        if services[name].get("image") == "tunebot-bot":
+            assert "user" not in services[name], name

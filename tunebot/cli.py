@@ -7,6 +7,7 @@ import importlib
 import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -25,8 +26,8 @@ from tunebot.dispatch import execute
 from tunebot.errors import UserError
 from tunebot.handlers.common import jobs_table
 from tunebot.jobs.kinds import QUEUES
-from tunebot.jobs.queue import Sender, make_celery
-from tunebot.jobs.reconcile import Reconciler
+from tunebot.jobs.queue import TASK_FOR_QUEUE, Sender, make_celery
+from tunebot.jobs.reconcile import Reconciler, wake_queued
 from tunebot.logs import install_log_filter
 from tunebot.replies import render_text
 from tunebot.settings import Settings, load_settings
@@ -170,10 +171,25 @@ def worker(
     engine = make_engine(settings.database_url)
     reconciler = Reconciler(engine, Sender(app), settings.reconcile_seconds)
 
+    def _wake_queued() -> None:
+        # A job whose send failed (as this worker started, or while none was up) runs now,
+        # not after the reconciler's back-off.
+        log = logging.getLogger("tunebot.worker")
+        try:
+            woken = wake_queued(engine=engine, waker=Sender(app), queues=chosen)
+        except Exception as exc:
+            log.warning("start-up wake of queued jobs failed (%s); the reconciler re-sends "
+                        "them", exc.__class__.__name__)
+            return
+        if woken:
+            log.info("woke queued jobs at start: %s", woken)
+
     # Connected by call rather than as decorators: Celery's untyped decorators would make
     # these receivers untyped.
     def _start(**_: object) -> None:
         reconciler.start()
+        if set(chosen) & set(TASK_FOR_QUEUE):
+            threading.Thread(target=_wake_queued, name="tunebot-wake", daemon=True).start()
 
     def _stop(**_: object) -> None:
         reconciler.stop()

@@ -1,17 +1,24 @@
 """Datasets: validated eval/training files, versioned by content, copied under the artifact root.
 
-Each call here is a unit of work on its own (`fn(*, engine, …)`): adding a dataset writes a
-file and a row together, and the file is removed again if the row cannot be committed.
+Each call here is a unit of work on its own (`fn(*, engine, …)`). Adding a dataset copies the
+file to a temporary name of its own, commits the row, and only then moves the copy to the
+version's path: the (team, name, version) key admits one committed row per path, so an add
+that loses a race never touches the winner's file, and no file a row points to is deleted.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import random
 import re
 import shutil
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
@@ -27,9 +34,15 @@ from tunebot.errors import NotFound, UserError
 from tunebot.models import Dataset, utcnow
 from tunebot.settings import Settings
 
+log = logging.getLogger(__name__)
 TEAM_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 EXTENSIONS = {"jsonl": "jsonl", "csv": "csv", "tsv": "tsv", "yaml": "yaml"}
 USAGE = "/dataset add NAME  (with a file)"
+# Adds of one name racing for the next version: each round one of them commits, so this many
+# rounds lets that many people add different files at the same moment.
+STORE_ATTEMPTS = 12
+# A reader may find a row an instant before its file is moved into place (see _store).
+FILE_GRACE_SECONDS = 2.0
 
 
 def dataset_dir(settings: Settings, team_id: str) -> Path:
@@ -97,28 +110,75 @@ def _store(engine: Engine, settings: Settings, team_id: str, name: str, path: Pa
            report: dict[str, Any]) -> tuple[Dataset, bool]:
     """Copy the file under the artifact root as the next version and record it."""
     target_dir = dataset_dir(settings, team_id)
-    for _ in range(3):  # two people adding the same name at once: retry on the version clash
-        with session_scope(engine) as session:
-            latest = _live(session, team_id, name)
-            if latest is not None and latest.content_hash == content_hash:
-                return latest, False
-            top = session.execute(select(func.max(col(Dataset.version))).where(
-                col(Dataset.team_id) == team_id, col(Dataset.name) == name)).scalar_one()
-            version = (top or 0) + 1
-        target = target_dir / f"{name}-v{version}.{EXTENSIONS.get(fmt, 'jsonl')}"
-        target_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-        row = Dataset(
-            team_id=team_id, name=name, version=version, content_hash=content_hash,
-            format=fmt, row_count=rows, stats=stats, report=report,
-            artifact_path=str(target), created_by=user)
-        try:
+    staged = _stage(target_dir, name, path)
+    try:
+        for attempt in range(STORE_ATTEMPTS):
             with session_scope(engine) as session:
-                session.add(row)
+                # The top version first: under READ COMMITTED each statement sees its own
+                # snapshot, so a version committed in between is then seen by the latest-row
+                # check (same content: nothing new) rather than skipped over as v+1.
+                top = session.execute(select(func.max(col(Dataset.version))).where(
+                    col(Dataset.team_id) == team_id, col(Dataset.name) == name)).scalar_one()
+                latest = _live(session, team_id, name)
+                if latest is not None and latest.content_hash == content_hash:
+                    return latest, False
+                version = (top or 0) + 1
+            # Versions are never reused (deleted rows keep theirs), so this path belongs to
+            # whichever add commits the row for `version`, and to no other row ever.
+            target = target_dir / f"{name}-v{version}.{EXTENSIONS.get(fmt, 'jsonl')}"
+            row = Dataset(
+                team_id=team_id, name=name, version=version, content_hash=content_hash,
+                format=fmt, row_count=rows, stats=stats, report=report,
+                artifact_path=str(target), created_by=user)
+            try:
+                with session_scope(engine) as session:
+                    session.add(row)
+            except IntegrityError:
+                # Someone else committed this version: their file is theirs to move in; look
+                # again (the same content is then simply the latest version).
+                time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
+                continue
+            _move_in(engine, row, staged, target)
             return row, True
-        except IntegrityError:
-            target.unlink(missing_ok=True)
+    finally:
+        staged.unlink(missing_ok=True)
     raise UserError(f"{name} is being changed by someone else right now; try again")
+
+
+def _stage(target_dir: Path, name: str, path: Path) -> Path:
+    """A copy of the upload under a name no other add uses, in the version's folder so that
+    the final move is an atomic rename; a folder it cannot write is a clear refusal."""
+    staged: Path | None = None
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        fd, staged_name = tempfile.mkstemp(dir=target_dir, prefix=f".{name}-", suffix=".part")
+        staged = Path(staged_name)
+        with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())  # the bytes are on disk before a row can point at them
+        return staged
+    except OSError as exc:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+        log.error("cannot store dataset %s under %s: %s", name, target_dir, exc)
+        raise UserError(f"could not store {name}: the dataset folder could not be written "
+                        f"({exc.strerror or exc.__class__.__name__}); nothing was added — "
+                        "tell your tunebot admin (TUNEBOT_ARTIFACTS_DIR)") from exc
+
+
+def _move_in(engine: Engine, row: Dataset, staged: Path, target: Path) -> None:
+    """Put the committed row's file in place; if that fails, the row goes too (it would
+    point at nothing), and the caller hears why."""
+    try:
+        os.replace(staged, target)
+    except OSError as exc:
+        with session_scope(engine) as session:
+            session.execute(delete(Dataset).where(col(Dataset.id) == row.id))
+        log.error("cannot move dataset %s v%s into %s: %s", row.name, row.version, target, exc)
+        raise UserError(f"could not store {row.name} v{row.version} "
+                        f"({exc.strerror or exc.__class__.__name__}); nothing was added — "
+                        "try again or tell your tunebot admin (TUNEBOT_ARTIFACTS_DIR)") from exc
 
 
 def get_dataset(*, engine: Engine, team_id: str, name: str,
@@ -157,6 +217,9 @@ def load_rows(dataset: Dataset) -> list[dict[str, Any]]:
         raise UserError(f"{dataset.name} is training data ({dataset.stats.get('kind')} format), "
                         "not eval rows (the prompt's variables + `expected`)")
     path = Path(dataset.artifact_path)
+    deadline = time.monotonic() + FILE_GRACE_SECONDS
+    while not path.is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the add that committed this row moves its file in right after
     if not path.is_file():
         raise UserError(f"the file of dataset {dataset.name} v{dataset.version} is missing "
                         f"({path.name}); add it again")

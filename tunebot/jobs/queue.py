@@ -1,12 +1,33 @@
-"""The Celery app: queues, routing and broker options, built from Settings at each entrypoint."""
+"""The Celery app: queues, routing and broker options, built from Settings at each entrypoint.
+
+The embedded broker (kombu's SQL transport, `sqla+sqlite:///var/broker.db`) creates its tables
+and queue rows on first use with plain INSERTs. Processes starting together raced on them, and
+the loser died (`IntegrityError` is no connection error to kombu, so Celery calls it
+unrecoverable). So every process prepares the broker once, under a file lock next to its
+database, and its channel takes the row another process inserted first instead of failing.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
 from celery import Celery
 from kombu.entity import Exchange, Queue
+from kombu.transport import sqlalchemy as kombu_sql
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from tunebot.jobs.kinds import QUEUES
 from tunebot.settings import Settings
+
+log = logging.getLogger(__name__)
 
 INFERENCE_TASK = "tunebot.run_inference_job"
 GPU_TASK = "tunebot.run_gpu_job"
@@ -21,6 +42,100 @@ TASK_FOR_QUEUE = {"inference": INFERENCE_TASK, "gpu": GPU_TASK}
 MODULES_FOR_QUEUE = {"inference": "workers.tasks", "gpu": "workers.tasks", "io": "bot.tasks"}
 
 
+DECLARE_ATTEMPTS = 5
+LOCK_WAIT_SECONDS = 60.0
+
+
+class RaceSafeChannel(kombu_sql.Channel):
+    """kombu's SQL channel for processes that start together: a queue row another process
+    inserted first is read back (kombu lets the IntegrityError kill the worker), and tables
+    another process created first are used (kombu's create_all checks, then creates)."""
+
+    # kombu caches one engine per URL for the whole class; keyed by process here as well, so
+    # that a pool process forked after prepare_broker never shares its parent's connections.
+    _per_process: dict[int, dict[str, Any]] = {}
+
+    @property
+    def _engines(self) -> dict[str, Any]:  # type: ignore[override]  # kombu's dict, per process
+        return self._per_process.setdefault(os.getpid(), {})
+
+    def _get_or_create(self, queue: str) -> Any:
+        # kombu's channel methods carry no annotations
+        parent = super()._get_or_create
+        for _ in range(DECLARE_ATTEMPTS - 1):
+            try:
+                return parent(queue)  # type: ignore[no-untyped-call]  # untyped kombu
+            except IntegrityError:
+                self.session.rollback()  # someone else's row for this queue is now there
+        return parent(queue)  # type: ignore[no-untyped-call]  # untyped kombu
+
+    def _open(self) -> Any:
+        for attempt in range(DECLARE_ATTEMPTS):
+            try:
+                return super()._open()  # type: ignore[no-untyped-call]  # untyped kombu
+            except OperationalError as exc:
+                if "already exists" not in str(exc) or attempt == DECLARE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05)  # another process is creating the tables right now
+        raise AssertionError("unreachable")
+
+
+def _sqlite_path(broker_url: str) -> Path | None:
+    url = make_url(broker_url.removeprefix("sqla+").removeprefix("sqlalchemy+"))
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[bool]:
+    """An exclusive lock on `path` (True), or after LOCK_WAIT_SECONDS none (False): the
+    race-safe channel still copes, so a stuck holder delays a start but never stops it."""
+    with open(path, "a+b") as handle:
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    log.warning("broker lock %s still held after %.0f s; going on without it",
+                                path, LOCK_WAIT_SECONDS)
+                    yield False
+                    return
+                time.sleep(0.05)
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare_broker(app: Celery) -> None:
+    """Create the embedded broker's tables and declare every queue once, under a lock file
+    next to its database, before anything else in this process uses it; a broker that cannot
+    be opened is only logged (sends then fail and the reconciler re-sends from SQL)."""
+    url = str(app.conf.broker_url or "")
+    if not url.startswith(("sqla+", "sqlalchemy+")):
+        return
+    path = _sqlite_path(url)
+    try:
+        if path is None:  # a server database: the race-safe channel alone copes
+            _declare(app)
+            return
+        with _file_lock(path.with_name(path.name + ".lock")):
+            _declare(app)
+    except Exception as exc:
+        log.warning("could not prepare the broker at %s (%s: %s)", url.split("///")[-1],
+                    exc.__class__.__name__, str(exc)[:200])
+
+
+def _declare(app: Celery) -> None:
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for queue in app.conf.task_queues:
+            queue.bind(channel).declare()
+
+
 def make_celery(settings: Settings, queues: tuple[str, ...] = ()) -> Celery:
     """A Celery app for these settings; `queues` names the task modules a worker includes."""
     include = sorted({MODULES_FOR_QUEUE[q] for q in queues})
@@ -30,9 +145,8 @@ def make_celery(settings: Settings, queues: tuple[str, ...] = ()) -> Celery:
         settings.var_dir.mkdir(parents=True, exist_ok=True)
         # The SQL transport passes its options to create_engine, so its poll interval can only
         # be set on the class (kombu's default is 1 s, too slow for an interactive bot).
-        from kombu.transport import sqlalchemy as kombu_sql
-
         kombu_sql.Transport.polling_interval = 0.2
+        kombu_sql.Transport.Channel = RaceSafeChannel
         transport = {"connect_args": {"timeout": 30}}
     # kombu's Queue and Exchange constructors have no annotations
     declared = [Queue(q, Exchange(q, type="direct"),  # type: ignore[no-untyped-call]  # untyped kombu
@@ -58,6 +172,7 @@ def make_celery(settings: Settings, queues: tuple[str, ...] = ()) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     app.tunebot_settings = settings
+    prepare_broker(app)
     return app
 
 

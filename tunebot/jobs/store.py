@@ -132,19 +132,29 @@ def submit(
             raise
         return Submitted(existing, False)
     if waker is not None:
-        _wake(waker, job)
+        _wake(engine, waker, job)
         if announce is not None and job.channel:
             assert job.id is not None  # set by the flush above
             notify(waker=waker, job_id=job.id)
     return Submitted(job, True)
 
 
-def _wake(waker: Waker, job: Job) -> None:
+def _wake(engine: Engine, waker: Waker, job: Job) -> None:
     assert job.id is not None
     try:
         waker.send_job(job.id, job.queue)
     except Exception:  # the reconciler re-sends from SQL; the job row is already safe
         log.warning("could not send job %s to the broker; the reconciler will retry", job.id)
+        # Never sent: the reconciler's next pass re-sends it at once (last_sent_at is NULL)
+        # instead of after its back-off, as if the broker had it.
+        try:
+            with session_scope(engine) as session:
+                session.execute(update(Job).where(col(Job.id) == job.id,
+                                                  col(Job.status) == "queued")
+                                .values(last_sent_at=None))
+        except Exception:
+            log.warning("job %s: could not mark it unsent; the reconciler's back-off applies",
+                        job.id)
 
 
 def _find_existing(engine: Engine, idem: str | None, active: str | None) -> Job | None:
