@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 from bot import limits
 from bot.blocks import escape
 from tunebot import catalog, jobs, registry
+from tunebot.catalog import guidelines
 from tunebot.db import session_scope
 from tunebot.handlers.common import delivery_text
 from tunebot.models import Job
@@ -82,10 +83,18 @@ def home_view(engine: Engine, team_id: str, page: int = 0) -> dict[str, Any]:
     """The Home tab of a workspace, its catalog at `page` (0-based)."""
     with session_scope(engine) as session:
         prompts = catalog.list_prompts(session=session, team_id=team_id)
+        pages = max(1, -(-len(prompts) // PAGE))
+        page = min(max(page, 0), pages - 1)
+        rules = guidelines.team_rules(session=session, team_id=team_id)
+        compliance = {}
+        for entry in prompts[page * PAGE:(page + 1) * PAGE]:
+            shown = entry.labels.get("production")
+            row = (catalog.get_version(session=session, prompt=entry.prompt, version=shown)
+                   if shown else entry.latest)
+            if row is not None:
+                compliance[entry.prompt.name] = guidelines.check(row.content, rules)
         session.expunge_all()
     last_test, best_model, recent, comparisons = _scores(engine, team_id)
-    pages = max(1, -(-len(prompts) // PAGE))
-    page = min(max(page, 0), pages - 1)
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": limits.plain("tunebot", limits.HEADER_TEXT)},
         _md(f"*Prompt catalog* — {len(prompts)} prompt(s)"
@@ -100,8 +109,12 @@ def home_view(engine: Engine, team_id: str, page: int = 0) -> dict[str, Any]:
         s = last_test.get(name)
         score = (f"last test {s.accuracy:.1%} on {escape(s.dataset)} ({s.when}, job #{s.job_id})"
                  if s else "not tested yet")
+        found = compliance.get(name)
+        errs = len(guidelines.errors(found or []))
+        rules_line = ("" if found is None else " · guidelines ✓" if not found else
+                      f" · guidelines {errs} ✗ {len(found) - errs} ⚠ (/prompt lint {name})")
         blocks.append(_md(f"*{escape(name)}* · {version} · owner <@{escape(entry.prompt.owner)}>"
-                          f"\n{score}"))
+                          f"\n{score}{escape(rules_line)}"))
     if not prompts:
         blocks.append(_md("No prompts yet: `/prompt new` opens the form."))
     nav = []

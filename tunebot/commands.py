@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -40,9 +41,15 @@ class Param:
             value = self.kind(raw)
         except ValueError:
             raise UserError(f"{key} must be {'an integer' if self.kind is int else 'a number'} "
-                            f"(got {raw})", usage) from None
+                            f"(got {raw[:40]})", usage) from None
+        # nan compares false with every bound, so it would pass a range check: refused here.
+        if isinstance(value, float) and not math.isfinite(value):
+            bounds = f" between {self.lo:g} and {self.hi:g}" if self.lo is not None and \
+                self.hi is not None else ""
+            raise UserError(f"{key} must be a finite number{bounds} (got {raw[:40]})", usage)
         if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
-            raise UserError(f"{key} must be between {self.lo:g} and {self.hi:g} (got {raw})", usage)
+            raise UserError(f"{key} must be between {self.lo:g} and {self.hi:g} (got {raw[:40]})",
+                            usage)
         return value
 
 
@@ -80,6 +87,7 @@ SPECS: dict[tuple[str, str], Spec] = {
     ("prompt", "label"): Spec("/prompt label REF LABEL", ("REF", "LABEL")),
     ("prompt", "render"): Spec("/prompt render REF k=v…", ("REF",), any_params=True),
     ("prompt", "delete"): Spec("/prompt delete NAME", ("NAME",)),
+    ("prompt", "lint"): Spec("/prompt lint REF", ("REF",)),
     ("prompt", "test"): Spec(
         "/prompt test REF on DATASET [model=M] [samples=K] [temperature=T] [max_tokens=N]",
         ("REF", "on", "DATASET"), GEN_PARAMS, job=True),

@@ -283,6 +283,28 @@ class FormState(SQLModel, table=True):
     expires_at: datetime = Field(index=True)
 
 
+class TeamGuidelines(SQLModel, table=True):
+    """A workspace's guidelines for prompts (prompts/guidelines.yaml), as last imported."""
+
+    __tablename__ = "team_guidelines"
+
+    team_id: str = Field(primary_key=True, max_length=32)
+    rules: dict[str, Any] = _json(dict)
+    updated_by: str = Field(default="", max_length=64)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class SlackIdentity(SQLModel, table=True):
+    """Which workspace a bot token belongs to (auth.test), cached by the token's hash."""
+
+    __tablename__ = "slack_identities"
+
+    token_sha256: str = Field(primary_key=True, max_length=64)
+    team_id: str = Field(max_length=32)
+    team_name: str = Field(default="", max_length=255)
+    checked_at: datetime = Field(default_factory=utcnow)
+
+
 # Invariants live with the tables, so every process that can write a PromptVersion has them
 # (a worker that only runs prompt tests never imports the catalog).
 @event.listens_for(PromptVersion, "before_update")

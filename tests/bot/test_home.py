@@ -51,6 +51,7 @@ def test_home_tab_shows_catalog_jobs_models_and_pages(tmp_path: Path, start_work
         home = open_home(stack, "U0BOB")
         assert "Prompt catalog* — 25 prompt(s), page 1 of 2" in home
         assert "*colours* · production v2 · owner <@U0ALICE>" in home
+        assert "guidelines 0 ✗" in home and "(/prompt lint colours)" in home
         assert "not tested yet" in home and "secret-prompt" not in home
         assert home.count("owner <@") == 20
         assert "ft:colours@1" in home and "not scored yet" in home

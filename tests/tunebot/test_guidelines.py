@@ -98,3 +98,53 @@ def test_lint_finds_the_missing_parts_of_the_starter_first_versions() -> None:
         for v in versions:  # every starter version still saves: no error rule is broken
             assert guidelines.errors(guidelines.check(parse_content(v).canonical(), rules)) \
                 == [], path.name
+
+
+# ---- wired in: import, save, /prompt lint, export ---------------------------------------------
+
+def test_the_team_guidelines_gate_saving_and_lint_names_the_fields(tmp_path: Path) -> None:
+    from tests.conftest import make_settings
+    from tunebot import migrate
+    from tunebot.catalog.files import export_dir, import_dir
+    from tunebot.commands import parse
+    from tunebot.core import Actor, Core
+    from tunebot.db import make_engine
+    from tunebot.dispatch import execute
+    from tunebot.replies import render_text
+
+    settings = make_settings(tmp_path)
+    migrate.upgrade(settings.database_url)
+    core = Core(settings, make_engine(settings.database_url), None)
+    actor = Actor(team_id="TG", user_id="U1", is_admin=True)
+    report = import_dir(engine=core.engine, settings=settings, team_id="TG", user="U1",
+                        path=REPO / "prompts")
+    assert report.ok, report.lines()
+    assert any("guidelines.yaml: updated" in line for line in report.lines())
+    again = import_dir(engine=core.engine, settings=settings, team_id="TG", user="U1",
+                       path=REPO / "prompts")
+    assert any("guidelines.yaml: unchanged" in line for line in again.lines())
+
+    def run(text: str, file: Path | None = None) -> tuple[bool, str]:
+        out = execute(parse(text), actor, core, file)
+        return out.reply.error, render_text(out.reply)
+
+    error, text = run("/prompt lint triage@1")
+    assert not error and "⚠ messages: no system message sets the context" in text
+    assert "[examples]" in text
+    error, text = run("/prompt lint triage@3")
+    assert not error and "follows every guideline" in text
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "routing", **{k: v for k, v in GOOD.items()
+                                                         if k != "docs"}}))
+    error, text = run("/prompt new", bad)
+    assert error and "breaks the team's guidelines" in text and "✗ docs.task:" in text
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"name": "routing", **GOOD}))
+    error, text = run("/prompt new", good)
+    assert not error and "Saved routing@1." in text
+    out = tmp_path / "export"
+    export_dir(engine=core.engine, settings=settings, team_id="TG", path=out)
+    exported = yaml.safe_load((out / "guidelines.yaml").read_text())
+    assert guidelines.parse_guidelines(exported) == guidelines.parse_guidelines(
+        yaml.safe_load((REPO / "prompts/guidelines.yaml").read_text()))
+    core.engine.dispose()

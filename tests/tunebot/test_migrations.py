@@ -75,3 +75,24 @@ def test_0005_keeps_existing_jobs_and_adds_delivery_state_and_form_states(
         assert "form_states" not in inspect(conn).get_table_names()
         assert "delivery_error" not in {c["name"] for c in inspect(conn).get_columns("jobs")}
     engine.dispose()
+
+
+def test_0006_adds_guidelines_and_identities_and_keeps_existing_rows(empty_url: str) -> None:
+    migrate.upgrade(empty_url, "0005")
+    engine = make_engine(empty_url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO prompts (team_id, name, description, owner, tags, "
+                          "datasets, created_at, updated_at) VALUES ('T', 'p', '', 'U', '[]', "
+                          "'{}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+    engine.dispose()
+    migrate.upgrade(empty_url)
+    engine = make_engine(empty_url)
+    tables = set(inspect(engine).get_table_names())
+    assert {"team_guidelines", "slack_identities"} <= tables
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name FROM prompts")).scalars().all() == ["p"]
+    engine.dispose()
+    migrate.downgrade(empty_url, "0005")
+    engine = make_engine(empty_url)
+    assert "team_guidelines" not in set(inspect(engine).get_table_names())
+    engine.dispose()

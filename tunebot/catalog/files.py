@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from tunebot import catalog
+from tunebot.catalog import guidelines
 from tunebot.commands import Ref, parse_name
 from tunebot.datasets.store import EXTENSIONS, add_dataset, list_datasets
 from tunebot.db import session_scope
@@ -148,12 +149,30 @@ def import_dir(*, engine: Engine, settings: Settings, team_id: str, user: str,
         for file in sorted(data_dir.iterdir()):
             if file.is_file() and file.suffix.lower() in DATA_SUFFIXES:
                 report.files.append(_import_dataset(engine, settings, team_id, user, file, path))
+    rules_file = next((f for f in (path / f"{GUIDELINES}.yaml", path / f"{GUIDELINES}.yml")
+                       if f.is_file()), None)
+    if rules_file is not None:  # first: the versions below are checked against them
+        report.files.append(_import_guidelines(engine, team_id, user, rules_file, path))
     known = {d.name for d in list_datasets(engine=engine, team_id=team_id)}
     for file in sorted(path.iterdir()):
         if file.is_file() and file.suffix.lower() in (".yaml", ".yml") \
                 and file.stem != GUIDELINES:
             report.files.append(_import_prompt(engine, team_id, user, file, path, known))
     return report
+
+
+def _import_guidelines(engine: Engine, team_id: str, user: str, file: Path,
+                       root: Path) -> FileResult:
+    rel = _rel(file, root)
+    try:
+        data = load_yaml(file)
+        with session_scope(engine) as session:
+            changed = guidelines.set_team_rules(session=session, team_id=team_id,
+                                                document=data, user=user)
+    except UserError as exc:
+        return FileResult(rel, "guidelines", GUIDELINES, "failed", str(exc))
+    return FileResult(rel, "guidelines", GUIDELINES, "updated" if changed else "unchanged",
+                      "the team's rules for saving prompt versions")
 
 
 def _rel(file: Path, root: Path) -> str:
@@ -336,6 +355,12 @@ def export_dir(*, engine: Engine, settings: Settings, team_id: str, path: Path) 
         report.files.append(FileResult(_rel(target, path), "dataset", ds.name, "written",
                                        f"v{ds.version}, {ds.row_count} rows"))
     with session_scope(engine) as session:
+        rules = guidelines.guidelines_document(guidelines.team_rules(session=session,
+                                                                     team_id=team_id))
+        target = path / f"{GUIDELINES}.yaml"
+        target.write_text(dump_yaml(rules), encoding="utf-8")
+        report.files.append(FileResult(_rel(target, path), "guidelines", GUIDELINES, "written",
+                                       f"{len(rules['rules'])} rules"))
         for summary in catalog.list_prompts(session=session, team_id=team_id):
             doc = prompt_document(session=session, prompt=summary.prompt)
             target = path / f"{summary.prompt.name}.yaml"

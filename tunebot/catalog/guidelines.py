@@ -1,6 +1,7 @@
 """Team guidelines for prompts: rules with a severity, checked when a version is saved and by
 `/prompt lint`. The team edits them in `prompts/guidelines.yaml` (imported and exported with
-the catalog); DEFAULT applies until a workspace imports its own.
+the catalog); DEFAULT applies until a workspace imports its own, and warns only: which rules
+block saving is the team's call, made in its guidelines.yaml.
 
 The rules follow the prompt-design strategies teams use — context setting, task specification
 (format, tone, level of detail), examples, documentation with measured limitations — and two
@@ -15,24 +16,27 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlmodel import Session
+
 from tunebot.catalog.templates import content_templates, variables_used
 from tunebot.errors import UserError
+from tunebot.models import TeamGuidelines, utcnow
 
 SEVERITIES = ("error", "warning", "off")
 # rule id → (default severity, default parameters, what it asks)
 RULES: dict[str, tuple[str, dict[str, Any], str]] = {
     "context": ("warning", {}, "a system message (or the template's opening) sets the context"),
-    "task": ("error", {}, "docs.task specifies the task"),
-    "output-format": ("error", {}, "the output format is declared (choices for a classification, "
-                                   "a schema for JSON, a length limit for text)"),
+    "task": ("warning", {}, "docs.task specifies the task"),
+    "output-format": ("warning", {}, "the output format is declared (choices for a "
+                                     "classification, a schema for JSON, a length limit for text)"),
     "format-in-prompt": ("warning", {}, "the prompt itself tells the model the answer format "
                                         "(names every choice, or says JSON)"),
     "examples": ("warning", {"min": 2}, "at least `min` documented examples (docs.examples)"),
-    "variables-documented": ("error", {}, "every template variable has a description"),
+    "variables-documented": ("warning", {}, "every template variable has a description"),
     "tone": ("warning", {}, "the tone is stated"),
     "prompt-tokens": ("warning", {"max": 2000}, "the prompt stays under `max` tokens"),
-    "no-user-vars-in-system": ("error", {}, "user-supplied variables never go in the system "
-                                            "message (prompt injection)"),
+    "no-user-vars-in-system": ("warning", {}, "user-supplied variables never go in the system "
+                                              "message (prompt injection)"),
     "limitations-measured": ("warning", {}, "docs.limitations states a measured number"),
 }
 NUMBER = re.compile(r"\d+(?:[.,]\d+)?\s*%|\b\d+(?:\.\d+)?\b")
@@ -197,3 +201,27 @@ def check(content: Mapping[str, Any], rules: tuple[Rule, ...] = DEFAULT, *,
 def errors(findings: list[Finding]) -> list[Finding]:
     """The findings that block saving."""
     return [f for f in findings if f.severity == "error"]
+
+
+def refusal(findings: list[Finding]) -> str:
+    """Why a version may not be saved: its error findings, each with the field and a fix."""
+    return ("this version breaks the team's guidelines (prompts/guidelines.yaml):\n"
+            + "\n".join(f.line() for f in errors(findings)))
+
+
+def team_rules(*, session: Session, team_id: str) -> tuple[Rule, ...]:
+    """The workspace's guidelines as last imported, or DEFAULT."""
+    row = session.get(TeamGuidelines, team_id)
+    return parse_guidelines(row.rules) if row is not None and row.rules else DEFAULT
+
+
+def set_team_rules(*, session: Session, team_id: str, document: Any, user: str) -> bool:
+    """Store a workspace's guidelines (validated); whether they changed."""
+    rules = guidelines_document(parse_guidelines(document))
+    row = session.get(TeamGuidelines, team_id)
+    if row is not None and row.rules == rules:
+        return False
+    row = row or TeamGuidelines(team_id=team_id)
+    row.rules, row.updated_by, row.updated_at = rules, user, utcnow()
+    session.add(row)
+    return True

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from tunebot.access import require_owner_or_admin
+from tunebot.catalog import guidelines
 from tunebot.catalog.content import (
     KIND,
     VAR_RE,
@@ -201,6 +202,10 @@ def save_version(*, session: Session, team_id: str, name: str,
     latest = latest_version(session=session, prompt=prompt)
     if latest is not None and not fresh and latest.content_hash == content_hash(parsed):
         return latest, False
+    findings = guidelines.check(parsed.canonical(),
+                                guidelines.team_rules(session=session, team_id=team_id))
+    if guidelines.errors(findings):
+        raise UserError(guidelines.refusal(findings))
     number = (latest.version if latest else 0) + 1
     row = insert_version(session=session, prompt=prompt, version=number, content=parsed,
                          author=author, message=message)

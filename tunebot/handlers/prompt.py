@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from tunebot import catalog, datasets
 from tunebot.access import require_owner_or_admin
+from tunebot.catalog import guidelines
 from tunebot.catalog.files import read_version_file
 from tunebot.catalog.templates import render_messages
 from tunebot.commands import Command, Ref
@@ -100,6 +101,25 @@ def _dataset_line(app: Core, team_id: str, name: str) -> str:
     except NotFound:
         return f"{name} (not in the catalog)"
     return f"{name} (v{ds.version}, {ds.row_count} rows)"
+
+
+@ROUTES("prompt", "lint")
+def lint(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
+    """A version against the team's guidelines: each finding with its field and a fix."""
+    ref: Ref = cmd.args["ref"]
+    with session_scope(app.engine) as session:
+        v = catalog.resolve(session=session, team_id=actor.team_id, ref=ref)
+        rules = guidelines.team_rules(session=session, team_id=actor.team_id)
+    found = guidelines.check(v.content, rules)
+    title = f"{ref.name}@{v.version}"
+    if not found:
+        text = f"{title} follows every guideline ({len(rules)} rules)."
+        return Outcome(Reply(text=text, blocks=[section(text)]))
+    n_err = len(guidelines.errors(found))
+    head = (f"{title}: {n_err} error(s), {len(found) - n_err} warning(s) under the team's "
+            "guidelines")
+    body = "\n".join(f.line() for f in found)
+    return Outcome(Reply(text=f"{head}\n{body}", blocks=[section(head), section(clip(body))]))
 
 
 @ROUTES("prompt", "show")
@@ -281,8 +301,16 @@ def _save(cmd: Command, actor: Actor, app: Core, file: Path | None,
             "" if v.version > 1 else f" Label it with /prompt label {name}@1 production.")
     else:
         text = f"No change: the content is identical to {name}@{v.version}."
-    return Outcome(Reply(text=text, blocks=[section(text),
-                                            context(f"/prompt show {name}@{v.version}")]),
+    blocks = [section(text)]
+    with session_scope(app.engine) as session:
+        warned = guidelines.check(v.content, guidelines.team_rules(session=session,
+                                                                   team_id=actor.team_id))
+    if warned:
+        notes = "\n".join(f.line() for f in warned)
+        text += f"\nGuidelines: {len(warned)} warning(s)\n{notes}"
+        blocks.append(section(clip(f"Guidelines: {len(warned)} warning(s)\n{notes}")))
+    blocks.append(context(f"/prompt show {name}@{v.version} · /prompt lint {name}@{v.version}"))
+    return Outcome(Reply(text=text, blocks=blocks),
                    extra={"version": v.version, "created": created})
 
 
