@@ -44,6 +44,8 @@ test: lint
 
 up: install
 	$(BIN)/tunebot db upgrade
+	# The starter catalog, into the bot's workspace (new versions only; see README).
+	$(BIN)/tunebot catalog import prompts/
 	bash -c 'trap "kill 0" EXIT INT TERM; $(BIN)/tunebot worker & $(BIN)/tunebot bot --socket'
 
 bench-deps: install

@@ -116,7 +116,9 @@ def home_view(engine: Engine, team_id: str, page: int = 0) -> dict[str, Any]:
         blocks.append(_md(f"*{escape(name)}* · {version} · owner <@{escape(entry.prompt.owner)}>"
                           f"\n{score}{escape(rules_line)}"))
     if not prompts:
-        blocks.append(_md("No prompts yet: `/prompt new` opens the form."))
+        blocks.append(_md("No prompts yet: `/prompt new` opens the form, and "
+                          f"`TUNEBOT_CLI_TEAM={escape(team_id)} tunebot catalog import prompts/` "
+                          "loads a catalog."))
     nav = []
     if page > 0:
         nav.append(limits.button(f"{HOME_PAGE}_prev", "◂ Previous", str(page - 1)))

@@ -13,12 +13,12 @@ from typing import Annotated
 
 import typer
 from celery import signals
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 
 from tunebot import jobs, migrate
 from tunebot.catalog.files import export_dir, import_dir
 from tunebot.commands import parse
-from tunebot.core import build_core, cli_actor
+from tunebot.core import Actor, build_core
 from tunebot.datasets.store import add_dataset
 from tunebot.db import make_engine
 from tunebot.demo import run_demo
@@ -32,6 +32,7 @@ from tunebot.logs import install_log_filter
 from tunebot.replies import render_text
 from tunebot.settings import Settings, load_settings
 from tunebot.terminal import follow
+from tunebot.workspace import cli_workspace
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="tunebot: prompt catalog, prompt tests and fine-tunes, measured.")
@@ -95,6 +96,21 @@ def db_upgrade(revision: str = "head") -> None:
     typer.echo(f"database at {revision}: {make_url(settings.database_url).render_as_string()}")
 
 
+def _actor(settings: Settings, engine: Engine, *, announce: bool = False) -> Actor:
+    """The CLI user, an admin of the workspace tunebot.workspace resolves; a workspace that
+    came from the bot token, or a fallback, is said on stderr (catalog and dataset commands
+    always say which workspace they change)."""
+    try:
+        ws = cli_workspace(settings, engine)
+    except UserError as exc:
+        typer.echo(f"tunebot: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if ws.note or announce:
+        typer.echo(f"workspace {ws.team_id}" + (f": {ws.note}" if ws.note else
+                                                  f" ({ws.source})"), err=True)
+    return Actor(team_id=ws.team_id, user_id=settings.cli_user, is_admin=True)
+
+
 def _print_report(lines: list[str], failed: bool) -> None:
     for line in lines:
         typer.echo(line)
@@ -105,13 +121,16 @@ def _print_report(lines: list[str], failed: bool) -> None:
 @catalog_cli.command("import")
 def catalog_import(
     directory: Annotated[Path, typer.Argument(help="a catalog directory, e.g. prompts/")],
+    force: Annotated[bool, typer.Option("--force", help="also move protected labels "
+                                        "(production) to what the files say")] = False,
 ) -> None:
     """Register DIR/*.yaml prompts and DIR/datasets/* files; idempotent."""
     settings = _settings()
     ensure_schema(settings)
-    actor = cli_actor(settings)
-    report = import_dir(engine=make_engine(settings.database_url), settings=settings,
-                        team_id=actor.team_id, user=actor.user_id, path=directory)
+    engine = make_engine(settings.database_url)
+    actor = _actor(settings, engine, announce=True)
+    report = import_dir(engine=engine, settings=settings, team_id=actor.team_id,
+                        user=actor.user_id, path=directory, force=force)
     _print_report(report.lines(), not report.ok)
 
 
@@ -122,8 +141,9 @@ def catalog_export(
     """Write the workspace's prompts and datasets as a catalog directory."""
     settings = _settings()
     ensure_schema(settings)
-    report = export_dir(engine=make_engine(settings.database_url), settings=settings,
-                        team_id=cli_actor(settings).team_id, path=directory)
+    engine = make_engine(settings.database_url)
+    report = export_dir(engine=engine, settings=settings,
+                        team_id=_actor(settings, engine, announce=True).team_id, path=directory)
     _print_report(report.lines(), not report.ok)
 
 
@@ -135,9 +155,10 @@ def dataset_add(
     """Validate a data file and store it as the dataset's next version."""
     settings = _settings()
     ensure_schema(settings)
-    actor = cli_actor(settings)
+    engine = make_engine(settings.database_url)
+    actor = _actor(settings, engine, announce=True)
     try:
-        ds, created = add_dataset(engine=make_engine(settings.database_url), settings=settings,
+        ds, created = add_dataset(engine=engine, settings=settings,
                                   team_id=actor.team_id, name=name, path=file,
                                   user=actor.user_id)
     except UserError as exc:
@@ -263,7 +284,7 @@ def run(
         raise typer.Exit(2)
     ensure_schema(settings)
     app = build_core(settings)
-    outcome = execute(cmd, cli_actor(settings), app, file)
+    outcome = execute(cmd, _actor(settings, app.engine), app, file)
     out = render_text(outcome.reply)
     typer.echo(out, err=outcome.reply.error)
     if outcome.reply.error:
@@ -279,8 +300,8 @@ def jobs_cmd() -> None:
     settings = _settings()
     ensure_schema(settings)
     app = build_core(settings)
-    typer.echo(render_text(jobs_table(jobs.list_jobs(engine=app.engine,
-                                                    team_id=settings.cli_team))))
+    typer.echo(render_text(jobs_table(jobs.list_jobs(
+        engine=app.engine, team_id=_actor(settings, app.engine).team_id))))
 
 
 @cli.command()

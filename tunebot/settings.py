@@ -17,6 +17,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CsvList = Annotated[list[str], NoDecode]
+PathList = Annotated[list[Path], NoDecode]
 
 
 def _login() -> str:
@@ -38,6 +39,8 @@ class Settings(BaseSettings):
     broker_url: str = ""
     artifacts_dir: Path | None = None
     model_cache_dir: Path | None = None
+    # Roots a model=/path may name (after symlinks); default: the model cache and artifacts.
+    model_dirs: PathList = []
 
     slack_bot_token: SecretStr | None = Field(
         None, validation_alias=AliasChoices("SLACK_BOT_TOKEN", "TUNEBOT_SLACK_BOT_TOKEN")
@@ -63,6 +66,8 @@ class Settings(BaseSettings):
     finetune_allowed: CsvList = []
     max_jobs_per_user: int = Field(3, ge=1, le=100_000)
 
+    # Labels that move only on evidence (the promotion gate), never by a catalog import.
+    protected_labels: CsvList = ["production"]
     cli_team: str = "local"
     cli_user: str = Field(default_factory=_login)
 
@@ -75,6 +80,8 @@ class Settings(BaseSettings):
 
     openai_base_url: str | None = None
     openai_api_key: SecretStr | None = None
+    # The header the key goes in: Authorization (as "Bearer KEY"), or e.g. api-key (Azure).
+    openai_api_key_header: str = Field("Authorization", pattern=r"^[A-Za-z0-9-]{1,64}$")
     openai_concurrency: int = Field(4, ge=1, le=256)
     openai_timeout_seconds: float = Field(60.0, gt=0)
 
@@ -83,10 +90,15 @@ class Settings(BaseSettings):
     price_per_1k_tokens: float = Field(0.0, ge=0)
 
     max_upload_mb: int = Field(50, ge=1, le=10_000)
+    # The largest request body the HTTP bot reads (Slack's payloads are a few KB); bigger ones
+    # get a 413 before the signature is checked, without the rest being read.
+    max_body_bytes: int = Field(2**20, ge=1024, le=64 * 2**20)
     max_rows: int = Field(1_000_000, ge=1)
     log_level: str = "INFO"
 
-    @field_validator("admins", "finetune_allowed", "slack_file_hosts", mode="before")
+    @field_validator("admins", "finetune_allowed", "slack_file_hosts", "model_dirs",
+                     "protected_labels",
+                     mode="before")
     @classmethod
     def _split_csv(cls, v: object) -> object:
         if isinstance(v, str):
@@ -104,6 +116,8 @@ class Settings(BaseSettings):
             self.artifacts_dir = var / "artifacts"
         if self.model_cache_dir is None:
             self.model_cache_dir = var / "models"
+        if not self.model_dirs:
+            self.model_dirs = [self.model_cache_dir, self.artifacts_dir]
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError(
                 f"heartbeat_seconds ({self.heartbeat_seconds}) must be shorter than "
@@ -122,6 +136,13 @@ class Settings(BaseSettings):
         """Where converted base models are cached."""
         assert self.model_cache_dir is not None
         return self.model_cache_dir
+
+    @property
+    def model_roots(self) -> list[Path]:
+        """The folders local models may be loaded from, symlinks resolved: TUNEBOT_MODEL_DIRS
+        plus the model cache (tunebot's own converted models live there)."""
+        roots = [*self.model_dirs, self.models_dir]
+        return list(dict.fromkeys(Path(r).expanduser().resolve() for r in roots))
 
     def is_admin(self, user_id: str) -> bool:
         """Whether a user id is in TUNEBOT_ADMINS."""

@@ -12,9 +12,9 @@ import yaml
 from sqlalchemy.engine import Engine
 
 from tests.conftest import REPO, make_settings, settings_env
-from tunebot import catalog, datasets
+from tunebot import catalog, datasets, migrate
 from tunebot.catalog.files import export_dir, import_dir, load_yaml
-from tunebot.db import session_scope
+from tunebot.db import make_engine, session_scope
 from tunebot.errors import UserError
 from tunebot.settings import Settings
 
@@ -263,3 +263,28 @@ def test_cli_import_then_show(tmp_path: Path) -> None:
     bad.write_text("{oops\n")
     refused = _cli(["dataset", "add", "bad", str(bad)], settings)
     assert refused.returncode == 1 and "line 1" in refused.stdout
+
+
+def test_an_import_never_moves_a_protected_label_unless_forced(tmp_path: Path) -> None:
+    from tunebot.commands import Ref
+
+    settings = make_settings(tmp_path)
+    migrate.upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    first = import_dir(engine=engine, settings=settings, team_id="TP", user="U1",
+                       path=REPO / "prompts")
+    assert first.ok
+    with session_scope(engine) as s:
+        assert catalog.labels_of(session=s, team_id="TP", name="triage")["production"] == 3
+        catalog.set_label(session=s, team_id="TP", ref=Ref("triage", version=1),
+                          label="production", user="U1")
+    again = import_dir(engine=engine, settings=settings, team_id="TP", user="U1",
+                       path=REPO / "prompts")
+    assert any("triage.yaml: unchanged — production stays on v1 (the file says v3" in line
+               for line in again.lines()), again.lines()
+    with session_scope(engine) as s:
+        assert catalog.labels_of(session=s, team_id="TP", name="triage")["production"] == 1
+    forced = import_dir(engine=engine, settings=settings, team_id="TP", user="U1",
+                        path=REPO / "prompts", force=True)
+    assert any("production v1 → v3" in line for line in forced.lines()), forced.lines()
+    engine.dispose()

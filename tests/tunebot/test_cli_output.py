@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import REPO
+
 
 def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNEBOT_", "SLACK_"))}
@@ -35,3 +37,47 @@ def test_usage_errors_still_reach_the_terminal(tmp_path: Path) -> None:
     out = cli(tmp_path, "run", "/prompt test x on y temperature=9")
     assert out.returncode == 2
     assert "temperature must be between" in out.stderr and "Usage:" in out.stderr
+
+
+# ---- the workspace the CLI acts on -------------------------------------------------------------
+
+def test_with_a_bot_token_the_cli_acts_on_the_bots_workspace_and_caches_it(
+        tmp_path: Path) -> None:
+    from devtools.slack_api import SlackAPIServer
+
+    with SlackAPIServer(bot_token="xoxb-cli-test") as slack:
+        env = {"SLACK_BOT_TOKEN": "xoxb-cli-test", "TUNEBOT_SLACK_API_URL": slack.api_url}
+        out = cli_env(tmp_path, env, "run", "/tunebot whoami")
+        assert out.returncode == 0, out.stderr
+        assert "T0TEAM" in out.stdout and "the bot's workspace Fake Co" in out.stderr
+        assert len(slack.calls_for("auth.test")) == 1
+        again = cli_env(tmp_path, env, "dataset", "add", "tiny",
+                        str(REPO / "prompts/datasets/sentiment-eval.jsonl"))
+        assert again.returncode == 0 and "workspace T0TEAM" in again.stderr
+        assert len(slack.calls_for("auth.test")) == 1  # cached in the database
+    # Slack away: the cached answer still holds.
+    offline = cli_env(tmp_path, {**env, "TUNEBOT_SLACK_API_URL": "http://127.0.0.1:9/api/"},
+                      "run", "/tunebot whoami")
+    assert "T0TEAM" in offline.stdout
+
+
+def test_slack_unreachable_falls_back_to_local_and_says_so(tmp_path: Path) -> None:
+    env = {"SLACK_BOT_TOKEN": "xoxb-unknown", "TUNEBOT_SLACK_API_URL": "http://127.0.0.1:9/api/"}
+    out = cli_env(tmp_path, env, "run", "/tunebot whoami")
+    assert out.returncode == 0 and "local" in out.stdout
+    assert "Slack could not be reached" in out.stderr and "TUNEBOT_CLI_TEAM" in out.stderr
+
+
+def test_oauth_needs_an_explicit_workspace(tmp_path: Path) -> None:
+    env = {"SLACK_CLIENT_ID": "123.456", "SLACK_CLIENT_SECRET": "x"}
+    out = cli_env(tmp_path, env, "run", "/tunebot whoami")
+    assert out.returncode == 2 and "set TUNEBOT_CLI_TEAM" in out.stderr
+    chosen = cli_env(tmp_path, {**env, "TUNEBOT_CLI_TEAM": "T0OTHER"}, "run", "/tunebot whoami")
+    assert chosen.returncode == 0 and "T0OTHER" in chosen.stdout
+
+
+def cli_env(tmp_path: Path, extra: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNEBOT_", "SLACK_"))}
+    env.update(TUNEBOT_VAR_DIR=str(tmp_path / "var"), TUNEBOT_CLI_USER="U0CLI", **extra)
+    return subprocess.run([sys.executable, "-m", "tunebot.cli", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)

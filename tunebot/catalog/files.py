@@ -137,8 +137,12 @@ class ImportReport:
 
 
 def import_dir(*, engine: Engine, settings: Settings, team_id: str, user: str,
-               path: Path) -> ImportReport:
-    """Load DIR/*.yaml prompts and DIR/datasets/* files into a workspace; idempotent."""
+               path: Path, force: bool = False) -> ImportReport:
+    """Load DIR/*.yaml prompts and DIR/datasets/* files into a workspace; idempotent.
+
+    A protected label (TUNEBOT_PROTECTED_LABELS, e.g. production) is set by an import only
+    where the prompt has none yet; one the file would move elsewhere is reported and left —
+    it moves on evidence (/prompt label), or with `force` (an admin's --force)."""
     path = Path(path)
     report = ImportReport()
     if not path.is_dir():
@@ -157,7 +161,9 @@ def import_dir(*, engine: Engine, settings: Settings, team_id: str, user: str,
     for file in sorted(path.iterdir()):
         if file.is_file() and file.suffix.lower() in (".yaml", ".yml") \
                 and file.stem != GUIDELINES:
-            report.files.append(_import_prompt(engine, team_id, user, file, path, known))
+            report.files.append(_import_prompt(
+                engine, team_id, user, file, path, known,
+                () if force else tuple(settings.protected_labels)))
     return report
 
 
@@ -228,7 +234,7 @@ def _check_file(data: Any, file: Path) -> tuple[str, list[dict[str, Any]], dict[
 
 
 def _import_prompt(engine: Engine, team_id: str, user: str, file: Path, root: Path,
-                   known_datasets: set[str]) -> FileResult:
+                   known_datasets: set[str], protected: tuple[str, ...]) -> FileResult:
     rel = _rel(file, root)
     try:
         data = load_yaml(file)
@@ -236,7 +242,7 @@ def _import_prompt(engine: Engine, team_id: str, user: str, file: Path, root: Pa
         contents = [catalog.parse_content(v, f"versions[{i}]") for i, v in enumerate(versions)]
         with session_scope(engine) as session:
             status, detail = _apply(session, team_id, user, name, data, versions, contents,
-                                    labels)
+                                    labels, protected)
     except UserError as exc:
         return FileResult(rel, "prompt", file.stem, "failed", str(exc))
     except IntegrityError:
@@ -251,7 +257,7 @@ def _import_prompt(engine: Engine, team_id: str, user: str, file: Path, root: Pa
 
 def _apply(session: Any, team_id: str, user: str, name: str, data: dict[str, Any],
            versions: list[dict[str, Any]], contents: list[catalog.PromptContent],
-           labels: dict[str, int]) -> tuple[str, str]:
+           labels: dict[str, int], protected: tuple[str, ...] = ()) -> tuple[str, str]:
     owner = str(data.get("owner") or user)
     try:
         existing: Prompt | None = catalog.get_prompt(session=session, team_id=team_id, name=name,
@@ -282,7 +288,12 @@ def _apply(session: Any, team_id: str, user: str, name: str, data: dict[str, Any
         notes.append(f"new version{'s' if len(added) > 1 else ''} "
                      + ", ".join(f"v{n}" for n in added))
     moved = False
+    held = catalog.labels_of(session=session, team_id=team_id, name=name)
     for label, number in labels.items():
+        if label in protected and held.get(label) not in (None, number):
+            notes.append(f"{label} stays on v{held[label]} (the file says v{number}: a protected "
+                         "label moves through /prompt label, or an admin's import --force)")
+            continue
         move = catalog.set_label(session=session, team_id=team_id, ref=Ref(name, version=number),
                                  label=label, user=user)
         if move.moved:

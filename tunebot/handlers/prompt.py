@@ -83,7 +83,9 @@ def list_(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
         found = catalog.list_prompts(session=session, team_id=actor.team_id, query=query)
     if not found:
         text = (f"No prompt matches `{query}`." if query else
-                "No prompts yet. Add one with /prompt new (or `tunebot catalog import prompts/`).")
+                "No prompts yet. Add one with /prompt new, or load a catalog into this "
+                f"workspace: `TUNEBOT_CLI_TEAM={actor.team_id} tunebot catalog import prompts/` "
+                "(with only SLACK_BOT_TOKEN set, the CLI acts on the bot's workspace by itself).")
         return Outcome(Reply(text=text, blocks=[section(text)]))
     rows = [[s.prompt.name, f"v{s.latest.version}" if s.latest else "—",
              _labels_text(s.labels), ", ".join(s.prompt.tags or []),
