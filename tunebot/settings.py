@@ -68,6 +68,9 @@ class Settings(BaseSettings):
 
     # Labels that move only on evidence (the promotion gate), never by a catalog import.
     protected_labels: CsvList = ["production"]
+    # The promotion rule (tunebot/promotion.py): not-worse (default) or better.
+    promotion_rule: str = Field("not-worse", pattern=r"^(not-worse|better)$")
+    min_production_accuracy: float = Field(0.0, ge=0.0, le=1.0)
     cli_team: str = "local"
     cli_user: str = Field(default_factory=_login)
 
