@@ -102,6 +102,10 @@ class LabelHistory(SQLModel, table=True):
     to_version: int | None = None
     moved_by: str = Field(max_length=64)
     moved_at: datetime = Field(default_factory=utcnow)
+    # Why it moved: the promotion gate's sentence, or an admin's `force reason="…"`.
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    forced: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
+    evidence: dict[str, Any] | None = _json(None)
 
 
 class Dataset(SQLModel, table=True):

@@ -96,3 +96,20 @@ def test_0006_adds_guidelines_and_identities_and_keeps_existing_rows(empty_url: 
     engine = make_engine(empty_url)
     assert "team_guidelines" not in set(inspect(engine).get_table_names())
     engine.dispose()
+
+
+def test_0007_keeps_label_history_and_adds_its_evidence(empty_url: str) -> None:
+    migrate.upgrade(empty_url, "0006")
+    engine = make_engine(empty_url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO label_history (team_id, kind, name, label, from_version, "
+                          "to_version, moved_by, moved_at) VALUES ('T', 'prompt', 'p', "
+                          "'production', 1, 2, 'U', CURRENT_TIMESTAMP)"))
+    engine.dispose()
+    migrate.upgrade(empty_url)
+    engine = make_engine(empty_url)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT to_version, reason, forced, evidence FROM "
+                                "label_history")).one()
+    assert (row[0], row[1], bool(row[2]), row[3]) == (2, "", False, None)
+    engine.dispose()
