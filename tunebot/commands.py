@@ -84,7 +84,9 @@ SPECS: dict[tuple[str, str], Spec] = {
                              ("NAME",), form=True),
     ("prompt", "history"): Spec("/prompt history NAME", ("NAME",)),
     ("prompt", "diff"): Spec("/prompt diff REF REF", ("REF", "REF2")),
-    ("prompt", "label"): Spec("/prompt label REF LABEL", ("REF", "LABEL")),
+    # An admin overrides the production gate with `force reason="…"` (said where it refuses).
+    ("prompt", "label"): Spec("/prompt label REF LABEL", ("REF", "LABEL"),
+                              {"reason": Param(str)}, ("force",)),
     ("prompt", "render"): Spec("/prompt render REF k=v…", ("REF",), any_params=True),
     ("prompt", "delete"): Spec("/prompt delete NAME", ("NAME",)),
     ("prompt", "lint"): Spec("/prompt lint REF", ("REF",)),

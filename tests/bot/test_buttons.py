@@ -48,7 +48,8 @@ def final_message(stack: Stack, job_id: int) -> dict:
 
 def test_buttons_on_a_prompt_test(tmp_path: Path, start_worker, redis_url: str,
                                   tiny_model_dir: Path) -> None:
-    with running_stack(tmp_path, start_worker, redis_url) as stack:
+    # The production gate is off here: tests/tunebot/test_promotion_gate.py covers it.
+    with running_stack(tmp_path, start_worker, redis_url, protected_labels=[]) as stack:
         seed(stack, tmp_path)
         stack.slash("label colours@1 production", command="/prompt")
         answer = stack.slash(f"test colours@2 on colours-eval model={tiny_model_dir}",
@@ -87,7 +88,8 @@ def test_buttons_on_a_prompt_test(tmp_path: Path, start_worker, redis_url: str,
 
 def test_double_click_rerun_makes_one_job_and_cancel_stops_it(tmp_path: Path, start_worker,
                                                               redis_url: str) -> None:
-    with running_stack(tmp_path, start_worker, redis_url) as stack:
+    # The production gate is off here: tests/tunebot/test_promotion_gate.py covers it.
+    with running_stack(tmp_path, start_worker, redis_url, protected_labels=[]) as stack:
         first = job_id_of(stack.slash("ping seconds=0.2").json())
         final = final_message(stack, first)
         assert set(buttons(final)) == {"job_rerun"}

@@ -32,7 +32,8 @@ def open_home(stack: Stack, user: str) -> str:
 def test_home_tab_shows_catalog_jobs_models_and_pages(tmp_path: Path, start_worker,
                                                       redis_url: str,
                                                       tiny_model_dir: Path) -> None:
-    with running_stack(tmp_path, start_worker, redis_url) as stack:
+    # The production gate is off here: tests/tunebot/test_promotion_gate.py covers it.
+    with running_stack(tmp_path, start_worker, redis_url, protected_labels=[]) as stack:
         seed(stack, tmp_path)
         with session_scope(stack.core.engine) as s:
             for i in range(24):  # 25 prompts: two pages

@@ -18,7 +18,7 @@ from tunebot import jobs
 
 def test_form_file_buttons_and_home(tmp_path: Path, start_worker, redis_url: str,
                                     tiny_model_dir: Path) -> None:
-    with running_stack(tmp_path, start_worker, redis_url,
+    with running_stack(tmp_path, start_worker, redis_url, protected_labels=[],
                        slack_file_hosts=["127.0.0.1"]) as stack:
         form = {
             "name": "colours",

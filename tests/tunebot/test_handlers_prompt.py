@@ -36,7 +36,8 @@ FIRST = {
 
 @pytest.fixture
 def app(engine: Engine, tmp_path: Path) -> Core:
-    return Core(make_settings(tmp_path), engine, None)
+    # The production gate is off here: tests/tunebot/test_promotion_gate.py covers it.
+    return Core(make_settings(tmp_path, protected_labels=[]), engine, None)
 
 
 def run(app: Core, text: str, actor: Actor = ALICE, file: Path | None = None) -> Outcome:

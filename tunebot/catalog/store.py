@@ -223,17 +223,33 @@ class LabelMove:
     moved: bool
 
 
+ANY_HOLDER = -1  # set_label's `expect` default: move whatever the label points at now
+
+
+class LabelMoved(UserError):
+    """A compare-and-set label move found another holder than the one it was compared with."""
+
+
 def set_label(*, session: Session, team_id: str, ref: Ref | str, label: str,
-              user: str) -> LabelMove:
-    """Point a label at a version, recording the move (who, when, from, to)."""
+              user: str, expect: int | None = ANY_HOLDER, reason: str = "",
+              forced: bool = False, evidence: dict[str, Any] | None = None) -> LabelMove:
+    """Point a label at a version, recording the move (who, when, from, to, and why).
+
+    With `expect` (a version, or None for "unset") the move is a compare-and-set: it lands
+    only while the label still points where it pointed when the evidence was measured."""
     if not LABEL_RE.match(label):
         raise UserError(f"`{label[:40]}` is not a valid label", "/prompt label REF LABEL")
     version = resolve(session=session, team_id=team_id, ref=ref)
     name = ref.name if isinstance(ref, Ref) else parse_ref(ref, "/prompt label REF LABEL").name
     row = session.execute(select(Label).where(
         col(Label.team_id) == team_id, col(Label.kind) == KIND, col(Label.name) == name,
-        col(Label.label) == label)).scalar_one_or_none()
+        col(Label.label) == label).with_for_update()).scalar_one_or_none()
     before = row.version if row is not None else None
+    if expect != ANY_HOLDER and before != expect:
+        now = f"v{before}" if before is not None else "unset"
+        was = f"v{expect}" if expect is not None else "unset"
+        raise LabelMoved(f"{name}:{label} moved to {now} since it was compared (at {was}); "
+                         f"ask again: /prompt label {name}@{version.version} {label}")
     if before == version.version:
         return LabelMove(name, label, version.version, before, False)
     if row is None:
@@ -245,7 +261,8 @@ def set_label(*, session: Session, team_id: str, ref: Ref | str, label: str,
         row.updated_at = utcnow()
     session.add(row)
     session.add(LabelHistory(team_id=team_id, kind=KIND, name=name, label=label,
-                             from_version=before, to_version=version.version, moved_by=user))
+                             from_version=before, to_version=version.version, moved_by=user,
+                             reason=reason[:2000], forced=forced, evidence=evidence))
     session.flush()
     return LabelMove(name, label, version.version, before, True)
 

@@ -7,6 +7,7 @@ from typing import Any
 from sqlmodel import Session
 
 from tunebot import datasets, registry
+from tunebot.catalog import promote
 from tunebot.datasets.rows import check_variables
 from tunebot.errors import JobError
 from tunebot.models import PromptVersion
@@ -91,4 +92,10 @@ class PromptTestRunner:
                                 "diff_pts": res.diff_pts, "b": res.b, "c": res.c}
         best = summaries[-1] if len(runs) == 1 else max(summaries, key=lambda s: s["accuracy"])
         result["headline"] = f"{best['candidate']} {best['accuracy']:.1%}"
+        if p.get("promote"):  # a label move waited for this measurement (the production gate)
+            line = promote.after_job(engine=ctx.engine, settings=ctx.settings,
+                                     team_id=ctx.job.team_id, params=p, result=result,
+                                     job_id=ctx.job_id)
+            ctx.say(line)
+            result["promotion"] = line
         return result
