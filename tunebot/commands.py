@@ -91,8 +91,10 @@ SPECS: dict[tuple[str, str], Spec] = {
     ("prompt", "delete"): Spec("/prompt delete NAME", ("NAME",)),
     ("prompt", "lint"): Spec("/prompt lint REF", ("REF",)),
     ("prompt", "test"): Spec(
-        "/prompt test REF on DATASET [model=M] [samples=K] [temperature=T] [max_tokens=N]",
-        ("REF", "on", "DATASET"), GEN_PARAMS, job=True),
+        "/prompt test REF on DATASET [model=M] [samples=K] [temperature=T] [max_tokens=N] "
+        "[template=minimal|full]",
+        ("REF", "on", "DATASET"),
+        {**GEN_PARAMS, "template": Param(str, choices=("minimal", "full"))}, job=True),
     ("prompt", "compare"): Spec(
         "/prompt compare REF REF on DATASET [model=M] [samples=K] [temperature=T] [max_tokens=N]",
         ("REF", "REF2", "on", "DATASET"), GEN_PARAMS, job=True),

@@ -44,6 +44,14 @@ def test_finetune_registers_a_model_that_prompt_tests_can_use(world, tmp_path: P
     test = wait_final(app.engine, run(app, actor, "/prompt test colours on colours-eval "
                                       "model=ft:colours").job.id, timeout=240)
     assert test.status == "succeeded", test.error
+    # A tuned model is tested the way its adapter was trained, and the thread says so.
+    assert test.result["template"] == "minimal"
+    assert any("template=minimal (the bare user turn, as the adapter was trained), as the "
+               "adapter was trained" in t for t in texts(app, test.id))
+    full = wait_final(app.engine, run(app, actor, "/prompt test colours on colours-eval "
+                                      "model=ft:colours template=full").job.id, timeout=240)
+    assert full.status == "succeeded" and full.result["template"] == "full"
+    assert any("template=full (the whole prompt), as asked" in t for t in texts(app, full.id))
 
 
 def test_finetune_rejects_bad_hyperparameters_at_once(world) -> None:  # type: ignore[no-untyped-def]  # noqa: F811

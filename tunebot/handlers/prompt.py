@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from sqlalchemy.exc import IntegrityError
 
-from tunebot import catalog, datasets
+from tunebot import catalog, datasets, registry
 from tunebot.access import require_owner_or_admin
 from tunebot.catalog import guidelines, promote
 from tunebot.catalog.files import read_version_file
@@ -18,6 +18,7 @@ from tunebot.core import Actor, Core, Outcome
 from tunebot.db import session_scope
 from tunebot.errors import Forbidden, NotFound, UserError
 from tunebot.handlers.common import Routes, check_model, pin, submit_job
+from tunebot.modelref import parse_model_ref
 from tunebot.models import PromptVersion
 from tunebot.replies import Reply, code, context, fields, section, table
 
@@ -191,7 +192,8 @@ def history(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome
                   f"v{m.from_version}" if m.from_version else "—",
                   f"v{m.to_version}" if m.to_version else "—", m.moved_by,
                   ("⚠ forced: " if m.forced else "") + _one_line(m.reason or "—", 90)
-                  + (f" (job #{m.evidence['job']})" if (m.evidence or {}).get("job") else "")]
+                  + (f" (job #{(m.evidence or {})['job']})" if (m.evidence or {}).get("job")
+                     else "")]
                  for m in reversed(h.moves)]
         blocks.append(table(["when", "label", "from", "to", "by", "why"], moves))
     return Outcome(Reply(text=f"history of {h.prompt.name}", blocks=blocks))
@@ -413,10 +415,19 @@ def _test_params(cmd: Command, app: Core, actor: Actor, refs: list[Ref]) -> dict
     if ds.row_count == 0:
         raise UserError(f"dataset {ds.name} has no rows", usage)
     model = check_model(app, actor, cmd.params.get("model") or candidates[0]["model"], usage)
+    template, source = cmd.params.get("template"), "given"
+    if template is None and model.startswith("ft:"):
+        # A tuned model is tested the way its adapter was trained, unless told otherwise.
+        ref = parse_model_ref(model, usage=usage)
+        template = registry.resolve_model(engine=app.engine, team_id=actor.team_id,
+                                          name=ref.name, version=ref.version,
+                                          label=ref.label).template
+        source = "adapter"
     return {"candidates": candidates, "dataset": ds.name, "dataset_version": ds.version,
             "rows": ds.row_count, "model": model, "samples": cmd.params.get("samples", 1),
             "temperature": cmd.params.get("temperature"),
-            "max_tokens": cmd.params.get("max_tokens")}
+            "max_tokens": cmd.params.get("max_tokens"), "template": template,
+            "template_source": source if template else None}
 
 
 @ROUTES("prompt", "test")

@@ -19,18 +19,8 @@ from workers.backends.registry import backend_for
 from workers.context import JobContext
 from workers.runners import report
 from workers.runners.evaluate import CandidateRun, evaluate, gen_params
+from workers.runners.formats import minimal_content
 from workers.runners.prompt_test import load_rows, load_version
-
-RESERVED = ("expected", "assert")
-
-
-def minimal_content(content: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The prompt format `template=minimal` trains with: only the row's variables, bare."""
-    keys = [k for k in rows[0] if k not in RESERVED]
-    template = "\n".join(f"{k}: {{{{ {k} }}}}" for k in keys)
-    out = {k: v for k, v in content.items() if k not in ("messages", "template")}
-    out["messages"] = [{"role": "user", "content": template}]
-    return out
 
 
 def serving_cost_per_1k(run: CandidateRun, device: str, settings: Any, api: bool) -> float:
@@ -194,6 +184,11 @@ class CompareRunner:
                             is not None else ""))
         if excluded:
             lines.append(f"{excluded} eval case(s) excluded: found in the training data")
+        if self.p.get("hybrid") and mv is not None and mv.template == "minimal":
+            lines.append(f"note: ft:{mv.name}@{mv.version} was trained with template=minimal "
+                         "(the bare user turn), so the hybrid row — the full prompt — is out of "
+                         "its training distribution; /finetune start … template=full trains "
+                         "for the hybrid")
         blocks = [table(header, rows_out), context(prices), section("\n".join(lines)),
                   section(rec.line + "\n" + "\n".join(f"• {r}" for r in rec.reasons)),
                   image(str(chart), "accuracy vs cost per 1,000 calls")]

@@ -15,6 +15,7 @@ from workers.backends.registry import backend_for
 from workers.context import JobContext
 from workers.runners import report
 from workers.runners.evaluate import CandidateRun, evaluate, gen_params
+from workers.runners.formats import TEMPLATES, rendered_as
 
 
 def load_version(ctx: JobContext, version_id: int) -> PromptVersion:
@@ -68,11 +69,18 @@ class PromptTestRunner:
         total = len(rows) * samples * len(versions)
         ctx.say(f"Running {len(rows)} cases × {samples} sample(s) × {len(versions)} "
                 f"version(s) on {p['model']}.")
+        template = p.get("template")
+        if template:
+            how = ("as the adapter was trained" if p.get("template_source") == "adapter"
+                   else "as asked")
+            ctx.say(f"Rendering with template={template} ({TEMPLATES[template]}), {how}; "
+                    "template=minimal|full tests the other way.")
         runs: list[CandidateRun] = []
         for v, name in zip(versions, names, strict=True):
             gen = gen_params(v.content, temperature=p.get("temperature"),
                              max_tokens=p.get("max_tokens"))
-            run = evaluate(ctx, name=name, content=v.content, rows=rows, backend=backend,
+            content = rendered_as(v.content, rows, template)
+            run = evaluate(ctx, name=name, content=content, rows=rows, backend=backend,
                            gen=gen, samples=samples, done=len(runs) * len(rows) * samples,
                            total=total)
             runs.append(run)
@@ -84,7 +92,7 @@ class PromptTestRunner:
                         tokens_in=s["tokens_in"], tokens_out=s["tokens_out"])
             ctx.say(report.summary_reply(runs[i], s))
         result: dict[str, Any] = {"summaries": summaries, "model": p["model"],
-                                  "dataset": p["dataset"]}
+                                  "dataset": p["dataset"], "template": template}
         if len(runs) == 2:
             res = report.paired(runs[0], runs[1])
             ctx.say(report.paired_reply(runs[0], runs[1], res))
