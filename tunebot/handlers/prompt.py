@@ -416,8 +416,9 @@ def _test_params(cmd: Command, app: Core, actor: Actor, refs: list[Ref]) -> dict
         raise UserError(f"dataset {ds.name} has no rows", usage)
     model = check_model(app, actor, cmd.params.get("model") or candidates[0]["model"], usage)
     template, source = cmd.params.get("template"), "given"
-    if template is None and model.startswith("ft:"):
-        # A tuned model is tested the way its adapter was trained, unless told otherwise.
+    if template is None and model.startswith("ft:") and cmd.action == "test":
+        # A tuned model is tested the way its adapter was trained, unless told otherwise
+        # (a compare of two prompt versions renders both in full: that is what it compares).
         ref = parse_model_ref(model, usage=usage)
         template = registry.resolve_model(engine=app.engine, team_id=actor.team_id,
                                           name=ref.name, version=ref.version,
