@@ -154,3 +154,20 @@ def test_steps_per_epoch_counts_partial_batches_and_windows():
     assert hp.steps_per_epoch(64, 8, 1) == 8
     assert hp.steps_per_epoch(65, 8, 1) == 9
     assert hp.steps_per_epoch(65, 8, 4) == 3
+
+
+def test_auto_settings_take_enough_steps_at_a_learning_rate_for_the_model_size():
+    # A starter training set on the bundled 135M model: 108 examples, 7 steps an epoch.
+    r = hp.resolve_auto(hp.validate({}), n_examples=108, length_p99=40, model_params=135_000_000)
+    assert r["lr"] == 1e-3 and r["batch_size"] == 16
+    steps = r["epochs"] * hp.steps_per_epoch(108, r["batch_size"], r["grad_accum"])
+    assert r["epochs"] == 6 and steps >= hp.MIN_TOTAL_STEPS
+    assert hp.auto_lr(1_700_000_000) == 5e-4 and hp.auto_lr(7_000_000_000) == 2e-4
+    assert hp.auto_lr(70_000_000_000) == 1e-4 and hp.auto_lr(None) == 2e-4
+    # Big data is not stretched; explicit values still win.
+    big = hp.resolve_auto(hp.validate({}), n_examples=20_000, length_p99=40,
+                          model_params=135_000_000)
+    assert big["epochs"] == 1
+    given = hp.resolve_auto(hp.validate({"epochs": "2", "lr": "3e-4"}), n_examples=108,
+                            length_p99=40, model_params=135_000_000)
+    assert (given["epochs"], given["lr"]) == (2, 3e-4)
