@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model = build_tiny_model(tmp / "tiny-model")
         broker = redis_url()
         settings = Settings(var_dir=tmp / "var", database_url=db_url, broker_url=broker,
-                            max_jobs_per_user=100_000)
+                            max_jobs_per_user=100_000, model_dirs=[tmp])  # the tiny model's root
         migrate.upgrade(db_url)
         core = build_core(settings)
         seed(core, settings, tmp)

@@ -16,6 +16,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "TUNEBOT_BROKER_URL": settings.broker_url,
         "TUNEBOT_ARTIFACTS_DIR": str(settings.artifacts),
         "TUNEBOT_MODEL_CACHE_DIR": str(settings.models_dir),
+        "TUNEBOT_MODEL_DIRS": ",".join(str(p) for p in settings.model_dirs),
         "TUNEBOT_LEASE_SECONDS": str(settings.lease_seconds),
         "TUNEBOT_HEARTBEAT_SECONDS": str(settings.heartbeat_seconds),
         "TUNEBOT_RECONCILE_SECONDS": str(settings.reconcile_seconds),
@@ -31,6 +32,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "TUNEBOT_LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
     })
+    if settings.openai_base_url:
+        env["TUNEBOT_OPENAI_BASE_URL"] = settings.openai_base_url
+        env["TUNEBOT_OPENAI_API_KEY_HEADER"] = settings.openai_api_key_header
+        env["TUNEBOT_OPENAI_CONCURRENCY"] = str(settings.openai_concurrency)
+        env["TUNEBOT_OPENAI_TIMEOUT_SECONDS"] = str(settings.openai_timeout_seconds)
+    if settings.openai_api_key is not None:
+        env["TUNEBOT_OPENAI_API_KEY"] = settings.openai_api_key.get_secret_value()
     if settings.slack_bot_token is not None:
         env["SLACK_BOT_TOKEN"] = settings.slack_bot_token.get_secret_value()
     env["TUNEBOT_SLACK_API_URL"] = settings.slack_api_url

@@ -109,10 +109,12 @@ def wait_final(engine: Engine, job_id: int, timeout: float = 120):  # type: igno
 
 
 def make_settings(tmp_path: Path, **over: object) -> Settings:
-    """Settings for a test: everything under tmp_path, short leases."""
+    """Settings for a test: everything under tmp_path, short leases; local models may be
+    loaded from anywhere in the session's temporary folder (the tiny model lives there)."""
     base: dict[str, object] = {
         "var_dir": tmp_path / "var", "lease_seconds": 4.0, "heartbeat_seconds": 1.0,
         "reconcile_seconds": 1.0, "cli_team": "T0TEAM", "cli_user": "U0ALICE",
+        "model_dirs": [tmp_path.parent],
     }
     base.update(over)
     return Settings(**base)  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from tunebot import jobs
 from tunebot.errors import Cancelled, JobError, LeaseLost, UserError
 from tunebot.models import FINAL_STATUSES
+from tunebot.redact import redact
 from tunebot.replies import Reply
 from tunebot.settings import Settings
 from workers.context import JobContext, owner_id
@@ -89,10 +90,13 @@ def execute_job(settings: Settings, engine: Engine, waker: jobs.Waker | None,
     except Cancelled:
         status, error = "cancelled", "cancelled on request"
     except (JobError, UserError) as exc:
-        status, error = "failed", str(exc)
+        # The final message is posted and stored: anything credential-shaped in an exception's
+        # text (a URL's userinfo or key, a token) is masked here, whichever code raised it.
+        status, error = "failed", redact(str(exc))
     except Exception as exc:
         log.exception("job %s crashed", job_id)
-        status, error = "failed", f"internal error ({exc.__class__.__name__}): {str(exc)[:300]}"
+        status, error = "failed", redact(f"internal error ({exc.__class__.__name__}): "
+                                         f"{str(exc)[:300]}")
     finally:
         beat.stop()
     title = taken.title or taken.kind

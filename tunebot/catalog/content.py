@@ -17,11 +17,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tunebot.catalog.templates import check_template, content_templates, render_messages
 from tunebot.errors import UserError
+from tunebot.jsonschemas import ref_problems
 
 KIND = "prompt"
 VAR_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,40}$")
 RESERVED_VARS = frozenset({"expected", "assert"})  # dataset columns that hold the answer
 TEXT_FIELDS = ("messages", "template")
+
+
+def refuse_outside_refs(schema: Any, field: str) -> None:
+    """Refuse a JSON Schema that names another document (a URL or file `$ref`, `$id`, an
+    unknown `$schema`): workers validate offline, so only local `#/…` references work."""
+    if isinstance(schema, str):  # a scorer may carry its schema as JSON text
+        try:
+            schema = json.loads(schema)
+        except (ValueError, RecursionError):
+            return  # not JSON: the scorer's own check says so
+    problems = ref_problems(schema)
+    if problems:
+        raise ValueError(f"`{field}` {problems[0]}")
 
 
 class _Strict(BaseModel):
@@ -66,6 +80,7 @@ class Output(_Strict):
                 validator_for(self.json_schema).check_schema(self.json_schema)
             except SchemaError as exc:
                 raise ValueError(f"`schema` is not a valid JSON Schema: {exc.message}") from None
+            refuse_outside_refs(self.json_schema, "schema")
         return self
 
 
@@ -98,6 +113,14 @@ class PromptContent(_Strict):
     scorers: list[str | dict[str, Any]] = Field(default_factory=list, max_length=20)
     tone: str = Field("", max_length=500)
     docs: Docs = Field(default_factory=Docs)
+
+    @field_validator("scorers")
+    @classmethod
+    def _scorer_schemas(cls, v: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
+        for i, spec in enumerate(v):
+            if isinstance(spec, dict) and spec.get("type") == "json-schema":
+                refuse_outside_refs(spec.get("schema", spec.get("value")), f"scorers[{i}].schema")
+        return v
 
     @field_validator("variables")
     @classmethod
@@ -172,6 +195,8 @@ def check_content(content: PromptContent) -> list[str]:
     if problems:
         return problems
     # A trial render catches what only shows at run time (attribute names built from pieces).
+    # It is bounded like every render (templates.py: in the render child, two seconds and
+    # 64 MB at most), so a bomb cannot hold the form's save or the bot thread that runs it.
     sample = {name: f"<{name}>" for name in declared}
     try:
         render_messages(content.canonical(), sample)

@@ -18,6 +18,7 @@ from tunebot.datasets.read import (
     empty_message,
     records,
 )
+from tunebot.jsonschemas import ref_problems
 
 RESERVED = ("expected", "assert")
 LABEL_LIMIT = 20
@@ -150,7 +151,24 @@ def _asserts(line: int, value: Any, errors: IssueList) -> list[dict[str, Any]]:
         elif not isinstance(item.get("type"), str) or not item["type"].strip():
             errors.add(line, f"assert[{i}].type", "invalid_assert",
                        "must name a scorer (a non-empty string)")
+        elif item["type"] == "json-schema":
+            _offline_schema(line, i, item, errors)
     return value
+
+
+def _offline_schema(line: int, i: int, item: dict[str, Any], errors: IssueList) -> None:
+    # Workers validate offline: a schema naming another document (URL, file) is refused here,
+    # with its line, rather than failing (or, before, fetching) at scoring time.
+    key = "schema" if "schema" in item else "value"
+    schema = item.get(key)
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except (ValueError, RecursionError):
+            return  # the scorer's own check names a schema that is not JSON
+    problems = ref_problems(schema)
+    if problems:
+        errors.add(line, f"assert[{i}].{key}", "invalid_assert", f"schema {problems[0]}")
 
 
 def _flag_injection(row: Row, warnings: IssueList) -> None:

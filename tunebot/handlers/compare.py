@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from tunebot import datasets, registry
@@ -22,7 +23,7 @@ def parse_traffic(raw: str | None, usage: str) -> float | None:
         value = float(num)
     except ValueError:
         raise UserError(f"traffic must look like 5000/day (got {raw[:40]})", usage) from None
-    if not 0 < value <= 1e10:
+    if not math.isfinite(value) or not 0 < value <= 1e10:
         raise UserError(f"traffic must be between 1 and 1e10 calls per day (got {raw[:40]})",
                         usage)
     return value

@@ -10,7 +10,7 @@ import torch
 from tunebot.errors import JobError
 from tunebot.settings import Settings
 from workers.backends.gguf_cache import converted_dir
-from workers.backends.refs import ModelRef
+from workers.backends.refs import ModelRef, local_model_dir
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -33,12 +33,21 @@ def default_dtype(device: str) -> torch.dtype:
     return torch.float32
 
 
+def model_roots(settings: Settings) -> list[Path]:
+    """Where a local model may be loaded from: TUNEBOT_MODEL_DIRS, the model cache, and the
+    Hugging Face cache (a hub id's snapshot, which a fine-tune's base may be recorded as)."""
+    from huggingface_hub import constants
+
+    return [*settings.model_roots, Path(constants.HF_HUB_CACHE).expanduser()]
+
+
 def local_dir(ref: ModelRef, settings: Settings) -> Path:
-    """The folder holding a model's weights on this worker, never downloading anything."""
+    """The folder holding a model's weights on this worker, never downloading anything; a
+    path must lie, symlinks resolved, under the model roots (the error names nothing else)."""
     if ref.kind == "bundled":
         return converted_dir(settings.models_dir)
     if ref.kind == "path":
-        return Path(ref.name)
+        return local_model_dir(ref.name, model_roots(settings))
     if ref.kind == "hub":
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
@@ -51,7 +60,9 @@ def local_dir(ref: ModelRef, settings: Settings) -> Path:
 
 
 def check_weights(folder: Path, what: str, stem: str = "model") -> None:
-    """Refuse a folder whose weights are pickles only (or missing)."""
+    """Refuse a folder whose weights are pickles only (or missing). The error names the folder
+    and its pickle files: every folder reaching here came from local_dir (under the model
+    roots), the Hugging Face cache or tunebot's own artifacts, never from elsewhere."""
     if not folder.is_dir():
         raise JobError(f"{what} folder {folder} does not exist on this worker")
     names = sorted(p.name for p in folder.iterdir())

@@ -1,4 +1,9 @@
-"""Any OpenAI-compatible /v1/chat/completions endpoint (vLLM, llama.cpp, Ollama, OpenAI)."""
+"""Any OpenAI-compatible /v1/chat/completions endpoint (vLLM, llama.cpp, Ollama, OpenAI).
+
+The base URL may carry credentials (userinfo, an api-key query parameter) and the endpoint's own
+answers may echo them; every text this backend produces — errors that become a job's final
+message, log lines — shows the URL redacted and passes through `tunebot.redact`.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 from pydantic import SecretStr
 
 from tunebot.errors import JobError
+from tunebot.redact import redact, redact_url, url_secrets
 from workers.backends.base import Generation, GenParams, Message, OnBatch
 
 log = logging.getLogger(__name__)
@@ -23,9 +30,13 @@ REPORT_EVERY, REPORT_SECONDS = 32, 5.0  # on_batch: answers a group, or seconds 
 
 
 def chat_url(base_url: str) -> str:
-    """The chat completions URL for a base URL given with or without its /v1."""
-    base = base_url.rstrip("/")
-    return f"{base}/chat/completions" if base.endswith("/v1") else f"{base}/v1/chat/completions"
+    """The chat completions URL for a base URL given with or without its /v1; the path is
+    joined before any query string (`…/v1?api-version=x` → `…/v1/chat/completions?api-version=x`)
+    and userinfo is kept (the backend sends it as HTTP Basic auth, never in a message)."""
+    parts = urlsplit(base_url.strip())
+    path = parts.path.rstrip("/")
+    path = f"{path}/chat/completions" if path.endswith("/v1") else f"{path}/v1/chat/completions"
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
 class OpenAIBackend:
@@ -42,13 +53,35 @@ class OpenAIBackend:
         max_retries: int = 4,
         backoff: float = 0.5,
         max_wait: float = 60.0,
+        key_header: str = "Authorization",
     ) -> None:
         self.name = f"openai:{model}"
         self.model = model
-        self.url = chat_url(base_url)
         self._key = api_key if isinstance(api_key, SecretStr) or api_key is None else SecretStr(
             api_key
         )
+        key = self._key.get_secret_value() if self._key is not None else ""
+        self._secrets = [key, *url_secrets(base_url)]
+        try:
+            full = chat_url(base_url)
+            parts = urlsplit(full)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            raise JobError("TUNEBOT_OPENAI_BASE_URL is not a valid URL "
+                           f"({redact(base_url[:200], self._secrets)})") from None
+        self.shown = redact_url(full)  # what messages and logs name
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise JobError(f"TUNEBOT_OPENAI_BASE_URL must be an http(s) URL (got {self.shown})")
+        # Userinfo travels as an auth header, not in the URL httpx would log and echo.
+        self._auth = httpx.BasicAuth(unquote(parts.username or ""), unquote(parts.password or "")) \
+            if parts.username or parts.password else None
+        self.url = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path,
+                               parts.query, ""))
+        try:
+            httpx.URL(self.url)
+        except httpx.InvalidURL:
+            raise JobError(f"TUNEBOT_OPENAI_BASE_URL is not a valid URL ({self.shown})") from None
+        self.key_header = key_header
         self.concurrency = max(1, concurrency)
         self.timeout = timeout
         self.max_retries = max_retries
@@ -56,7 +89,11 @@ class OpenAIBackend:
         self.max_wait = max_wait
 
     def __repr__(self) -> str:
-        return f"OpenAIBackend(model={self.model!r}, url={self.url!r})"  # never the key
+        return f"OpenAIBackend(model={self.model!r}, url={self.shown!r})"  # never the key
+
+    def _clean(self, text: str) -> str:
+        """Text fit for a reply, a log or a job's thread: no key, no URL credential."""
+        return redact(text, self._secrets)
 
     def generate(self, prompts: list[list[Message]], params: GenParams, *,
                  on_batch: OnBatch | None = None) -> list[Generation]:
@@ -66,11 +103,14 @@ class OpenAIBackend:
             return []
         headers = {"Content-Type": "application/json"}
         if self._key is not None and self._key.get_secret_value():
-            headers["Authorization"] = f"Bearer {self._key.get_secret_value()}"
+            key = self._key.get_secret_value()
+            bearer = self.key_header.lower() == "authorization"
+            headers[self.key_header] = f"Bearer {key}" if bearer else key
         abort = threading.Event()
         timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0))
         limits = httpx.Limits(max_connections=self.concurrency)
-        with httpx.Client(timeout=timeout, headers=headers, limits=limits) as client, \
+        with httpx.Client(timeout=timeout, headers=headers, limits=limits,
+                          auth=self._auth) as client, \
                 ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
             futures = [
                 pool.submit(self._one, client, self._body(i, p, params), params.stop, abort)
@@ -119,18 +159,23 @@ class OpenAIBackend:
             try:
                 resp = client.post(self.url, json=body)
             except httpx.TimeoutException:
-                problem = f"the OpenAI-compatible endpoint at {self.url} timed out after "
+                problem = f"the OpenAI-compatible endpoint at {self.shown} timed out after "
                 problem, wait = problem + f"{self.timeout:g} s", None
-            except httpx.TransportError as exc:
-                problem = f"cannot reach the OpenAI-compatible endpoint at {self.url}: {exc}"
+            except httpx.HTTPError as exc:
+                # httpx's own text may name the request URL: cleaned like everything else.
+                problem = self._clean(f"cannot reach the OpenAI-compatible endpoint at "
+                                      f"{self.shown}: {exc}")
                 wait = None
             else:
                 if resp.status_code < 400:
-                    return _generation(resp, stop, (time.perf_counter() - t0) * 1000,
-                                       attempt, (time.perf_counter() - started) * 1000)
+                    try:
+                        return _generation(resp, stop, (time.perf_counter() - t0) * 1000,
+                                           attempt, (time.perf_counter() - started) * 1000)
+                    except JobError as exc:
+                        raise JobError(self._clean(str(exc))) from None
                 if resp.status_code != 429 and resp.status_code < 500:
-                    raise JobError(_refusal(self.url, resp))
-                problem = f"the endpoint at {self.url} answered HTTP {resp.status_code}"
+                    raise JobError(self._clean(_refusal(self.shown, resp)))
+                problem = f"the endpoint at {self.shown} answered HTTP {resp.status_code}"
                 wait = _retry_after(resp.headers.get("retry-after"))
             if attempt == self.max_retries:
                 break

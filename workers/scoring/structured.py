@@ -8,7 +8,9 @@ from typing import Any
 
 import jsonschema
 from jsonschema.exceptions import best_match
+from referencing.exceptions import Unresolvable
 
+from tunebot.jsonschemas import offline_validator, ref_problems
 from workers.scoring.base import (
     Score,
     ScoreContext,
@@ -73,6 +75,11 @@ def _schema(spec: dict[str, Any], ctx: ScoreContext | None) -> dict[str, Any] | 
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise ScorerError(f"scorer 'json-schema': invalid schema: {exc.message}") from None
+    # Refused before validating, not only at save time: rows and versions stored before this
+    # check existed reach here too.
+    problems = ref_problems(schema)
+    if problems:
+        raise ScorerError(f"scorer 'json-schema': schema {problems[0]}")
     return schema
 
 
@@ -91,8 +98,15 @@ def json_schema(
     found = extract_json(output)
     if found is None:
         return verdict(spec, False, "no valid JSON found")
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    error = best_match(validator.iter_errors(found[0]))
+    # The registry refuses every retrieval: no URL or file is ever read while validating.
+    validator = offline_validator(schema)
+    try:
+        error = best_match(validator.iter_errors(found[0]))
+    except Unresolvable as exc:
+        # Named by the reference only: the error's own text may quote the whole schema.
+        ref = getattr(exc, "ref", None) or getattr(exc.__cause__, "ref", None) or "?"
+        raise ScorerError(f"scorer 'json-schema': cannot resolve the reference {str(ref)[:80]!r}"
+                          " (only local references #/… inside the schema work)") from None
     if error is None:
         return verdict(spec, True, f"valid ({found[1]})")
     where = "/".join(str(p) for p in error.absolute_path) or "(root)"
