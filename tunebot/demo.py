@@ -41,8 +41,8 @@ STEPS: tuple[Step, ...] = (
     Step("/prompt diff sentiment@1 sentiment@2"),
     Step("/prompt compare sentiment@1 sentiment@2 on sentiment-eval"),
     Step("/dataset check sentiment-train model=smollm2 prompt=sentiment"),
-    # lr and epochs above the auto values: 108 short examples need more than 21 steps at 2e-4.
-    Step("/finetune start smollm2 on sentiment-train prompt=sentiment lr=1e-3 epochs=5"),
+    # The auto settings: lr by model size and enough steps for 108 short examples.
+    Step("/finetune start smollm2 on sentiment-train prompt=sentiment"),
     Step("/prompt test sentiment on sentiment-eval model=ft:sentiment"),
     Step("/compare sentiment vs ft:sentiment on sentiment-eval hybrid traffic=5000/day"),
 )

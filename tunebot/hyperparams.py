@@ -29,7 +29,7 @@ MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")
 # bundled 135M model where it started on every starter set. LoRA's learning rate follows the
 # model's size (small models take and need larger steps; 2e-4 when the size is unknown).
 EPOCHS_AIM, EXAMPLE_EPOCHS_RANGE = 3, (100, 25_000)
-MIN_TOTAL_STEPS = 40
+MIN_TOTAL_STEPS = 36  # at 1e-3, 35 steps taught the bundled model sentiment (96% held out)
 LR_BY_PARAMS = ((5e8, 1e-3), (3e9, 5e-4), (1.5e10, 2e-4))  # (up to N parameters, lr)
 LR_LARGEST = 1e-4
 BATCH_CHOICES = (16, 8, 4, 2, 1)
@@ -159,6 +159,16 @@ def auto_epochs(n_examples: int) -> int:
     return int(min(25, max(1, epochs)))
 
 
+def train_size(n_examples: int, val_split: Any) -> int:
+    """Examples left for training once the validation split is carved (auto: 10%, at least 5
+    and at most 500, as tunebot.datasets.split applies it)."""
+    if val_split == AUTO or val_split is None:
+        held = min(500, max(5, round(0.1 * n_examples))) if n_examples > 10 else 0
+    else:
+        held = round(float(val_split) * n_examples)
+    return max(1, n_examples - held)
+
+
 def auto_lr(model_params: int | None) -> float:
     """LoRA's learning rate by model size (LR_BY_PARAMS); 2e-4 when the size is unknown."""
     if model_params is None:
@@ -241,7 +251,8 @@ def resolve_auto(
             memory_budget_bytes=memory_budget_bytes, model_params=model_params,
             model_shape=model_shape, dtype_bytes=dtype_bytes)
     if epochs_auto:  # enough optimizer steps to move, whatever the data's size
-        per_epoch = steps_per_epoch(n_examples, out["batch_size"], out["grad_accum"])
+        per_epoch = steps_per_epoch(train_size(n_examples, out["val_split"]), out["batch_size"],
+                                    out["grad_accum"])
         out["epochs"] = int(min(25, max(out["epochs"], math.ceil(MIN_TOTAL_STEPS / per_epoch))))
     if out["eval_every"] == AUTO:
         total = out["epochs"] * steps_per_epoch(n_examples, out["batch_size"], out["grad_accum"])

@@ -157,9 +157,10 @@ def test_steps_per_epoch_counts_partial_batches_and_windows():
 
 
 def test_auto_settings_take_enough_steps_at_a_learning_rate_for_the_model_size():
-    # A starter training set on the bundled 135M model: 108 examples, 7 steps an epoch.
-    r = hp.resolve_auto(hp.validate({}), n_examples=108, length_p99=40, model_params=135_000_000)
-    assert r["lr"] == 1e-3 and r["batch_size"] == 16
+    # A starter training set on the bundled 135M model: 120 rows, 108 left after the
+    # validation split, 7 steps an epoch.
+    r = hp.resolve_auto(hp.validate({}), n_examples=120, length_p99=40, model_params=135_000_000)
+    assert r["lr"] == 1e-3 and r["batch_size"] == 16 and hp.train_size(120, "auto") == 108
     steps = r["epochs"] * hp.steps_per_epoch(108, r["batch_size"], r["grad_accum"])
     assert r["epochs"] == 6 and steps >= hp.MIN_TOTAL_STEPS
     assert hp.auto_lr(1_700_000_000) == 5e-4 and hp.auto_lr(7_000_000_000) == 2e-4
