@@ -10,13 +10,14 @@ from tunebot.access import check_policy
 from tunebot.commands import Command, usage_for
 from tunebot.core import Actor, Core, Outcome
 from tunebot.errors import UserError
-from tunebot.handlers import compare, dataset, finetune, model, prompt
+from tunebot.handlers import compare, dataset, finetune, labels, model, prompt
 from tunebot.handlers import tunebot as tunebot_family
 from tunebot.handlers.common import Handler
 from tunebot.replies import error
 
 HANDLERS: dict[tuple[str, str], Handler] = {
-    **prompt.ROUTES.table, **dataset.ROUTES.table, **finetune.ROUTES.table,
+    **prompt.ROUTES.table, **labels.ROUTES.table, **dataset.ROUTES.table,
+    **finetune.ROUTES.table,
     **model.ROUTES.table, **compare.ROUTES.table, **tunebot_family.ROUTES.table,
 }
 
