@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import weakref
 from urllib.parse import parse_qs
 
 import anyio
@@ -36,6 +37,11 @@ log = logging.getLogger(__name__)
 # Web API call never holds the commands.
 COMMAND_THREADS = 1
 OTHER_THREADS = 4
+# Commands that run a user's template: each render is bounded (tunebot/catalog/templates.py:
+# two seconds at most), which is still far too long to hold every workspace's slash commands.
+USER_CODE = frozenset({("prompt", "render")})
+# The body limit of each Bolt app built here (build_bolt records its settings' value).
+_BODY_LIMITS: weakref.WeakKeyDictionary[BoltApp, int] = weakref.WeakKeyDictionary()
 
 
 def build_bolt(settings: Settings, core: Core) -> BoltApp:
@@ -59,6 +65,7 @@ def build_bolt(settings: Settings, core: Core) -> BoltApp:
                   ignoring_self_events_enabled=True)
     register_revocation(app)
     listeners.register(app, core)
+    _BODY_LIMITS[app] = settings.max_body_bytes
     return app
 
 
@@ -67,10 +74,10 @@ def route(body: bytes, content_type: str = "application/x-www-form-urlencoded"
     """Which lane a request takes, and the slash command it carries, parsed once.
 
     "commands" for a slash command answered from SQL alone, "other" for everything else: a
-    command that opens a form (it waits on views.open) or may look up usergroups (fine-tune
-    policy) never holds the ordered lane. The parsed command travels to the listener in the
-    request's context, so the text is parsed once. Anything unreadable goes to "other",
-    where Bolt verifies and answers it.
+    command that opens a form (it waits on views.open), may look up usergroups (fine-tune
+    policy) or renders a user's template never holds the ordered lane. The parsed command
+    travels to the listener in the request's context, so the text is parsed once. Anything
+    unreadable goes to "other", where Bolt verifies and answers it.
     """
     if not content_type.startswith("application/x-www-form-urlencoded") \
             or body.startswith(b"payload="):
@@ -86,7 +93,7 @@ def route(body: bytes, content_type: str = "application/x-www-form-urlencoded"
     except Exception:  # routing must never fail a request: Bolt answers whatever this is
         log.exception("could not route a request; it takes the general pool")
         return "other", None
-    if cmd.spec.form or cmd.spec.policy == "finetune":
+    if cmd.spec.form or cmd.spec.policy == "finetune" or (cmd.family, cmd.action) in USER_CODE:
         return "other", cmd
     return "commands", cmd
 
@@ -96,22 +103,51 @@ def lane(body: bytes, content_type: str = "application/x-www-form-urlencoded") -
     return route(body, content_type)[0]
 
 
-def http_app(bolt: BoltApp) -> Starlette:
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None as soon as it is known to be over `limit` bytes: a declared
+    Content-Length is refused before anything is read, a streamed body once its running total
+    passes the limit (the rest is never read)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def http_app(bolt: BoltApp, *, max_body_bytes: int | None = None) -> Starlette:
     """Starlette app serving /slack/events; Bolt's sync dispatch runs off the event loop (Bolt's
     own adapter calls it inline, so one slow request would block every other), slash commands
-    in one ordered lane and the rest in a small pool (see COMMAND_THREADS)."""
+    in one ordered lane and the rest in a small pool (see COMMAND_THREADS). Bodies over
+    `max_body_bytes` (default: the setting TUNEBOT_MAX_BODY_BYTES the app was built with) are
+    answered 413 before their signature is checked, without being read whole."""
 
     limiters = {"commands": anyio.CapacityLimiter(COMMAND_THREADS),
                 "other": anyio.CapacityLimiter(OTHER_THREADS)}
     verifying = bool(getattr(bolt, "_signing_secret", None))
+    limit = max_body_bytes or _BODY_LIMITS.get(bolt) or \
+        Settings.model_fields["max_body_bytes"].default
 
     async def events(request: Request) -> Response:
         stamp = request.headers.get("x-slack-request-timestamp", "")
         if verifying and not stamp.isdigit():
             # Bolt's verifier would raise on int("soon"): a bad stamp is a bad signature.
             return PlainTextResponse("invalid request", status_code=401)
-        body = await request.body()
-        bolt_req = to_bolt_request(request, body)
+        body = await read_body(request, limit)
+        if body is None:
+            # Slack never sends this much: refuse before reading (or verifying) the rest, and
+            # close the connection rather than drain what is left of it.
+            return PlainTextResponse(f"request body over {limit:,} bytes", status_code=413,
+                                     headers={"Connection": "close"})
+        try:
+            bolt_req = to_bolt_request(request, body)
+        except ValueError:  # not UTF-8, or a JSON body that does not parse: no Slack request
+            return PlainTextResponse("invalid request", status_code=400)
         which, cmd = route(body, request.headers.get("content-type", ""))
         if cmd is not None:
             bolt_req.context[PARSED] = cmd

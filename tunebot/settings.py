@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     broker_visibility_seconds: int = Field(6 * 3600, ge=60)
     worker_concurrency: int = Field(1, ge=1, le=64)
 
+    # Regression watches (tunebot/watches.py): beat sends a tick every watch_tick_seconds; a
+    # watch may fire at most every watch_min_seconds; a workspace keeps at most max_watches.
+    max_watches: int = Field(20, ge=0, le=10_000)
+    watch_min_seconds: int = Field(3600, ge=1)
+    watch_tick_seconds: float = Field(60.0, gt=0, le=3600)
+
     openai_base_url: str | None = None
     openai_api_key: SecretStr | None = None
     # The header the key goes in: Authorization (as "Bearer KEY"), or e.g. api-key (Azure).

@@ -26,6 +26,7 @@ from tunebot.datasets.read import (
     records,
 )
 from tunebot.datasets.rows import RESERVED
+from tunebot.errors import Cancelled, LeaseLost
 
 ROLES = ("system", "user", "assistant")
 MESSAGE_KEYS = ("role", "content", "name", "weight")
@@ -278,6 +279,8 @@ def _from_row(
         var = str(e.args[0]) if e.args else None
         errors.add(line, var, "message_missing_key", f"the prompt needs `{var}`, not in this row")
         return None
+    except (Cancelled, LeaseLost):
+        raise  # the job stops here; not this row's problem
     except Exception as e:  # the caller's renderer: any failure is this row's problem
         errors.add(line, None, "render_failed", f"the prompt did not render "
                    f"({type(e).__name__}: {e})")

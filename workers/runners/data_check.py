@@ -58,10 +58,16 @@ def _prompt_version(ctx: JobContext) -> PromptVersion | None:
     return load_version(ctx, pinned["version_id"])
 
 
-def _renderer(version: PromptVersion | None, template: str) -> Renderer | None:
+def _renderer(ctx: JobContext, version: PromptVersion | None, template: str) -> Renderer | None:
     if version is None or template != "full":
         return None
-    return lambda row: render_messages(version.content, row)
+
+    def render(row: dict[str, Any]) -> list[dict[str, str]]:
+        # Each render is bounded (two seconds at most), and a Cancel lands between any two.
+        ctx.check()
+        return render_messages(version.content, row)
+
+    return render
 
 
 def _eval_rows(ctx: JobContext, version: PromptVersion | None) -> tuple[str | None, list]:
@@ -94,7 +100,7 @@ def prepare(ctx: JobContext) -> Prepared:
     template = p.get("template") or "minimal"
     ctx.check()
     rep = validate_training(Path(ds.artifact_path), fmt=None, max_rows=ctx.settings.max_rows,
-                            prompt_render=_renderer(version, template), template=template)
+                            prompt_render=_renderer(ctx, version, template), template=template)
     if not rep.ok:
         raise JobError(f"the training data of {ds.name} does not pass:\n{format_report(rep)}")
     examples = list(rep.examples)

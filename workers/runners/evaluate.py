@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunebot.catalog.templates import render_messages
+from tunebot.catalog.templates import render_rows
 from tunebot.errors import JobError, UserError
 from tunebot.results import add_case_results, clear_case_results
 from workers.backends.base import Backend, Generation, GenParams
@@ -89,15 +91,27 @@ def scorer_specs(content: dict[str, Any], rows: list[dict[str, Any]]) -> list[di
     return list(specs)
 
 
-def render_all(content: dict[str, Any], rows: list[dict[str, Any]]) -> list[list[dict[str, str]]]:
-    """Every row's rendered chat; a row that cannot render fails the job naming its line."""
-    out = []
-    for i, row in enumerate(rows):
-        try:
-            out.append(render_messages(content, row))
-        except UserError as exc:
-            line = getattr(row, "line", i + 1)
-            raise JobError(f"row on line {line} of the dataset: {exc}") from None
+def render_all(content: dict[str, Any], rows: list[dict[str, Any]],
+               check: Callable[[], None] | None = None) -> list[list[dict[str, str]]]:
+    """Every row's rendered chat; a row that cannot render fails the job naming its line.
+
+    Each render is bounded (tunebot/catalog/templates.py: at most a couple of seconds), and
+    `check` (the job's cancellation and lease check) runs between any two rows, so a Cancel
+    lands while thousands of slow rows are still to render.
+    """
+    out: list[list[dict[str, str]]] = []
+    # Closed on the way out, so a cancelled job hands its render child back (killed, as it
+    # may still be working on the batch) at once rather than whenever it is collected.
+    try:
+        with closing(render_rows(content, rows)) as rendered:
+            for messages in rendered:
+                out.append(messages)
+                if check is not None:
+                    check()
+    except UserError as exc:
+        i = len(out)
+        line = getattr(rows[i], "line", i + 1) if i < len(rows) else i + 1
+        raise JobError(f"row on line {line} of the dataset: {exc}") from None
     return out
 
 
@@ -107,7 +121,8 @@ def evaluate(ctx: JobContext, *, name: str, content: dict[str, Any], rows: list[
     """Run a candidate over rows × samples, scoring and storing each case; reports progress."""
     output_spec = content.get("output") or {"format": "text"}
     specs = scorer_specs(content, rows)
-    prompts = render_all(content, rows)
+    ctx.check()
+    prompts = render_all(content, rows, ctx.check)
     total = total or len(rows) * samples
     run = CandidateRun(name=name, output_spec=output_spec, samples=samples)
     started = time.monotonic()
