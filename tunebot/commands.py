@@ -100,7 +100,8 @@ SPECS: dict[tuple[str, str], Spec] = {
         ("REF", "REF2", "on", "DATASET"), GEN_PARAMS, job=True),
     ("dataset", "list"): Spec("/dataset list"),
     ("dataset", "show"): Spec("/dataset show NAME", ("NAME",)),
-    ("dataset", "add"): Spec("/dataset add NAME  (with a file)", ("NAME",)),
+    ("dataset", "add"): Spec("/dataset add NAME [expected=COLUMN]  (with a file)", ("NAME",),
+                             {"expected": Param(str)}),
     ("dataset", "check"): Spec(
         "/dataset check NAME model=M [prompt=REF] [template=minimal|full]", ("NAME",),
         {"model": Param(str), "prompt": Param(str),

@@ -535,3 +535,18 @@ def test_importing_datafiles_loads_no_ml_stack():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "[]"
+
+
+def test_expected_answer_columns_as_people_name_them(tmp_path: Path) -> None:
+    from tunebot.datasets.rows import expected_source
+
+    for column in ("label", "answer", "target", "expected_output", "output"):
+        f = tmp_path / f"{column}.jsonl"
+        f.write_text(json.dumps({"text": "hi", column: "greeting"}) + "\n")
+        res = parse_rows(f, max_rows=10)
+        assert res.ok and res.expected_from == column and res.rows[0]["expected"] == "greeting"
+    # expected itself wins; input/output stays training data (output is not an answer there).
+    assert expected_source(["text", "expected", "label"]) is None
+    assert expected_source(["input", "output"]) is None
+    assert expected_source(["text", "label", "answer"]) == "label"
+    assert expected_source(["a", "b"], "b") == "b"

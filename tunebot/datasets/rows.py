@@ -21,6 +21,7 @@ from tunebot.datasets.read import (
 from tunebot.jsonschemas import ref_problems
 
 RESERVED = ("expected", "assert")
+EXPECTED_ALIASES = ("label", "answer", "output", "target", "expected_output")
 LABEL_LIMIT = 20
 SCALARS = (str, int, float, bool, type(None))
 _INJECTION_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -52,6 +53,7 @@ class RowsResult:
     lines_read: int = 0
     complete: bool = True
     name: str = ""
+    expected_from: str | None = None  # the column read as `expected`, when not `expected`
 
     @property
     def ok(self) -> bool:
@@ -59,17 +61,47 @@ class RowsResult:
         return self.error_count == 0
 
 
+def expected_source(columns: Sequence[str], given: str | None = None) -> str | None:
+    """The column read as `expected`: the one named, else — when there is no `expected` —
+    the first of EXPECTED_ALIASES present (`output` only without an `input` column: an
+    input/output file is training data)."""
+    if given is not None:
+        return given
+    if "expected" in columns:
+        return None
+    for alias in EXPECTED_ALIASES:
+        if alias in columns and not (alias == "output" and "input" in columns):
+            return alias
+    return None
+
+
 def parse_rows(
-    path: Path, *, fmt: str | None = None, max_rows: int, max_line_bytes: int = 1_000_000
+    path: Path, *, fmt: str | None = None, max_rows: int, max_line_bytes: int = 1_000_000,
+    expected_column: str | None = None,
 ) -> RowsResult:
-    """Read an eval set of catalog rows, streaming, and report every problem by line and field."""
+    """Read an eval set of catalog rows, streaming, and report every problem by line and field.
+
+    Data as people have it: without an `expected` column, a `label`, `answer`, `output`,
+    `target` or `expected_output` column is the expected answer (or `expected_column`)."""
     errors, warnings = IssueList(), IssueList()
     reader = LineReader(Path(path), max_rows=max_rows, max_line_bytes=max_line_bytes,
                         errors=errors)
     kind = detect_format(reader.path, reader.head(), fmt)
     rows: list[Row] = []
     seen_columns: dict[str, None] = {}
+    source: str | None = expected_column
+    decided = expected_column is not None
     for line, obj in records(kind, reader):
+        if isinstance(obj, dict):
+            if not decided:  # the first record (a CSV's header) decides for the file
+                source, decided = expected_source(list(obj)), True
+            if source is not None:
+                obj = {("expected" if k == source else k): v for k, v in obj.items()
+                       if not (k == "expected" and source != "expected")}
+                if "expected" not in obj and not obj.get("assert"):
+                    errors.add(line, source, "missing_expected",
+                               f"row has no `{source}` column (read as the expected answer)")
+                    continue
         row = check_row(line, obj, errors, yaml_hints=kind == "yaml")
         if row is None:
             continue
@@ -84,6 +116,7 @@ def parse_rows(
         fmt=kind, stats=row_stats(rows), error_count=errors.count,
         warning_count=warnings.count, lines_read=reader.lines_read,
         complete=reader.finished and not reader.stopped, name=reader.path.name,
+        expected_from=source,
     )
 
 

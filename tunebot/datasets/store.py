@@ -65,8 +65,11 @@ def _live(session: Any, team_id: str, name: str) -> Dataset | None:
 
 
 def add_dataset(*, engine: Engine, settings: Settings, team_id: str, name: str, path: Path,
-                user: str) -> tuple[Dataset, bool]:
-    """Validate a file and store it as the next version; identical to the latest, nothing new."""
+                user: str, expected_column: str | None = None) -> tuple[Dataset, bool]:
+    """Validate a file and store it as the next version; identical to the latest, nothing new.
+
+    `expected_column` names the column that holds the expected answer (without it, `label`,
+    `answer`, `output`, `target` or `expected_output` is used when there is no `expected`)."""
     parse_name(name, USAGE, "dataset name")
     path = Path(path)
     if not path.is_file():
@@ -75,7 +78,7 @@ def add_dataset(*, engine: Engine, settings: Settings, team_id: str, name: str, 
     if size > settings.max_upload_mb * 1024 * 1024:
         raise UserError(f"{path.name} is {size / 1e6:.1f} MB; the limit is "
                         f"{settings.max_upload_mb} MB (TUNEBOT_MAX_UPLOAD_MB)")
-    result = parse_rows(path, max_rows=settings.max_rows)
+    result = parse_rows(path, max_rows=settings.max_rows, expected_column=expected_column)
     if (not result.ok or result.content_hash is None) and _looks_like_training(result):
         # Chat `messages`, prompt/completion or input/output files are training data: they
         # are checked as such here, and under the model's tokenizer by /dataset check.
@@ -92,8 +95,11 @@ def add_dataset(*, engine: Engine, settings: Settings, team_id: str, name: str, 
         raise UserError(f"{name}: the file was refused.\n{format_report(result)}")
     return _store(engine, settings, team_id, name, path, user, fmt=result.fmt,
                   content_hash=result.content_hash, rows=len(result.rows),
-                  stats={**result.stats, "kind": "rows"},
-                  report={"text": format_report(result), "columns": result.columns,
+                  stats={**result.stats, "kind": "rows", "expected_column":
+                         result.expected_from},
+                  report={"text": ((f"expected answers read from column `{result.expected_from}`"
+                                    "\n") if result.expected_from else "")
+                          + format_report(result), "columns": result.columns,
                           "warning_count": result.warning_count,
                           "warnings": [str(w) for w in result.warnings], "source": path.name})
 
@@ -223,7 +229,8 @@ def load_rows(dataset: Dataset) -> list[dict[str, Any]]:
     if not path.is_file():
         raise UserError(f"the file of dataset {dataset.name} v{dataset.version} is missing "
                         f"({path.name}); add it again")
-    result = parse_rows(path, fmt=dataset.format, max_rows=max(dataset.row_count, 1))
+    result = parse_rows(path, fmt=dataset.format, max_rows=max(dataset.row_count, 1),
+                        expected_column=(dataset.stats or {}).get("expected_column"))
     if result.content_hash != dataset.content_hash or not result.ok:
         raise UserError(f"the file of dataset {dataset.name} v{dataset.version} changed on disk "
                         "since it was added; add it again")

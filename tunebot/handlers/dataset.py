@@ -87,9 +87,12 @@ def add(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
                         cmd.spec.usage)
     ds, created = datasets.add_dataset(engine=app.engine, settings=app.settings,
                                        team_id=actor.team_id, name=name, path=file,
-                                       user=actor.user_id)
+                                       user=actor.user_id,
+                                       expected_column=cmd.params.get("expected"))
+    column = (ds.stats or {}).get("expected_column")
     if created:
-        text = f"Added {ds.name} v{ds.version}: {ds.row_count:,} rows."
+        text = f"Added {ds.name} v{ds.version}: {ds.row_count:,} rows." + (
+            f" Expected answers read from column `{column}`." if column else "")
     else:
         text = f"No change: the file is identical to {ds.name} v{ds.version}."
     blocks = [section(text)]
