@@ -46,7 +46,8 @@ up: install
 	$(BIN)/tunebot db upgrade
 	# The starter catalog, into the bot's workspace (new versions only; see README).
 	$(BIN)/tunebot catalog import prompts/
-	bash -c 'trap "kill 0" EXIT INT TERM; $(BIN)/tunebot worker & $(BIN)/tunebot bot --socket'
+	# The worker brings Celery beat (the watch tick) along, whatever the broker.
+	bash -c 'trap "kill 0" EXIT INT TERM; $(BIN)/tunebot worker --beat & $(BIN)/tunebot bot --socket'
 
 bench-deps: install
 	$(BIN)/pip install -q -c requirements.lock -e ".[bot,ml,dev,bench]"

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from bot.blocks import escape, fallback_text, images, reply_blocks
 from bot.home import refresh_home_quietly
 from bot.oauth import bot_token_for
-from tunebot import jobs
+from tunebot import jobs, watches
 from tunebot.buttons import buttons_for, cancel_button
 from tunebot.jobs import events
 from tunebot.models import Job, JobEvent, utcnow
@@ -218,8 +218,13 @@ def deliver_pending(settings: Settings, engine: Engine, job_id: int,
             if job is None or ev is None or not job.channel:
                 events.release_delivery(engine=engine, job_id=job_id, owner=owner)
                 return out
-            slack_ts = _deliver_one(settings, engine, client, job, ev)
             assert ev.id is not None
+            if watches.is_held_back(params=job.params, event_kind=ev.kind,
+                                    error=bool(ev.payload.get("error"))):
+                # A watch run's progress and quiet outcome stay in SQL: only alerts post.
+                events.mark_delivered(engine=engine, event_id=ev.id, slack_ts=None)
+                continue
+            slack_ts = _deliver_one(settings, engine, client, job, ev)
             events.mark_delivered(engine=engine, event_id=ev.id, slack_ts=slack_ts)
             out.delivered += 1
             if ev.kind == "final":  # the requester's Home tab shows the new result
@@ -231,6 +236,8 @@ def deliver_pending(settings: Settings, engine: Engine, job_id: int,
         if failure.kind == "permanent":
             _stop(engine, job_id, failure.error)
             out.failed = failure.error
+            if job is not None and client is not None:
+                _pause_watch(client, engine, job, failure.error)
         elif attempts >= MAX_ATTEMPTS:
             _stop(engine, job_id, f"gave up after {attempts} attempts: {failure.error}")
             out.failed = failure.error
@@ -249,6 +256,28 @@ def deliver_pending(settings: Settings, engine: Engine, job_id: int,
         return out
 
 
+def _pause_watch(client: WebClient, engine: Engine, job: Job, error: str) -> None:
+    """A watch whose channel refuses us for good pauses, and its owner hears why by DM."""
+    watch_id = (job.params or {}).get("watch_id")
+    if job.kind != watches.KIND or not isinstance(watch_id, int):
+        return
+    watch = watches.pause_watch(engine=engine, watch_id=watch_id,
+                                note=f"Slack refused channel {job.channel}: {error}")
+    if watch is None:
+        return  # already paused (or stopped): the owner was told
+    log.warning("watch %s paused: Slack refused its channel %s (%s)", watch_id, job.channel,
+                error)
+    text = (f"⏸ Your watch #{watch_id} ({watch.prompt_ref} on {watch.dataset}) is paused: "
+            f"Slack refused its channel {job.channel} ({error}), so its alerts cannot be "
+            f"posted there. Invite tunebot to the channel (or pick another) and run the same "
+            f"/watch command again to resume it, or /watch stop {watch_id}.")
+    try:
+        client.chat_postMessage(channel=watch.owner, text=escape(text))
+    except Exception as exc:
+        log.info("could not tell %s that watch %s paused: %s", watch.owner, watch_id,
+                 classify(exc).error)
+
+
 def _stop(engine: Engine, job_id: int, error: str) -> None:
     if events.delivery_failed(engine=engine, job_id=job_id, error=error):
         log.warning("slack delivery of job %s stopped for good: %s (its events stay in SQL; "
@@ -263,8 +292,8 @@ def _deliver_one(settings: Settings, engine: Engine, client: WebClient, job: Job
     assert job.id is not None
     wait = pacer(settings).wait
     if ev.kind in ("status", "final") or job.status_ts is None:
-        # The status message offers "Cancel job" until the job ends.
-        cancel = [] if ev.kind == "final" else [cancel_button(job.id)]
+        # The status message offers "Cancel job" until the job ends (an alert is no status).
+        cancel = [] if ev.kind in ("final", "alert") else [cancel_button(job.id)]
         ts = _update_root(client, engine, job, reply if ev.kind != "reply" else
                           Reply(text=job.title or f"job #{job.id}"), wait, cancel)
         if ev.kind == "status":

@@ -40,7 +40,7 @@ def test_one_artifacts_volume_wherever_artifacts_are_read_or_written() -> None:
     compose = yaml.safe_load((REPO / "docker/compose.yaml").read_text())
     services = compose["services"]
     assert "artifacts" in compose["volumes"]
-    users = {"migrate", "bot", "notifier", "worker-inference", "worker-gpu"}
+    users = {"migrate", "bot", "notifier", "beat", "worker-inference", "worker-gpu"}
     mounts: dict[str, str] = {}
     for name in users:
         env = services[name]["environment"]
@@ -75,3 +75,24 @@ def test_one_artifacts_volume_wherever_artifacts_are_read_or_written() -> None:
         # Only the one-shot step runs as root among the bot image's services.
         if services[name].get("image") == "tunebot-bot":
             assert "user" not in services[name], name
+
+
+def test_one_beat_service_ticks_the_watches() -> None:
+    """Celery beat runs once, as its own service on the bot image (no torch), against the same
+    broker and database; no worker starts another (the watches' schedule is in SQL, so a second
+    beat would be harmless, but it is not the design)."""
+    compose = yaml.safe_load((REPO / "docker/compose.yaml").read_text())
+    services = compose["services"]
+    beat = services["beat"]
+    assert beat["command"] == ["tunebot", "beat"]
+    assert beat["image"] == "tunebot-bot" and "user" not in beat and "ports" not in beat
+    env = beat["environment"]
+    assert env["TUNEBOT_BROKER_URL"].startswith("redis://redis:")
+    assert env["TUNEBOT_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert env["TUNEBOT_VAR_DIR"].startswith("/data/")  # its schedule file and lock
+    assert beat["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert beat["depends_on"]["redis"]["condition"] == "service_healthy"
+    for name, service in services.items():
+        command = service.get("command") or []
+        if name != "beat" and isinstance(command, list):
+            assert "beat" not in command and "--beat" not in command, name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import fcntl
 import importlib
 import logging
 import subprocess
@@ -15,10 +16,11 @@ import typer
 from celery import signals
 from sqlalchemy.engine import Engine, make_url
 
+from tunebot import ci as gate
 from tunebot import jobs, migrate
 from tunebot.catalog.files import export_dir, import_dir
 from tunebot.commands import parse
-from tunebot.core import Actor, build_core
+from tunebot.core import Actor, Core, build_core
 from tunebot.datasets.store import add_dataset
 from tunebot.db import make_engine
 from tunebot.demo import run_demo
@@ -151,8 +153,17 @@ def catalog_export(
 def dataset_add(
     name: Annotated[str, typer.Argument(help="dataset name")],
     file: Annotated[Path, typer.Argument(help="JSONL, CSV or YAML rows")],
+    map_: Annotated[list[str] | None, typer.Option(
+        "--map", help="expected=COLUMN: the column that holds the expected answer")] = None,
 ) -> None:
     """Validate a data file and store it as the dataset's next version."""
+    expected = None
+    for item in map_ or []:
+        key, _, column = item.partition("=")
+        if key != "expected" or not column:
+            typer.echo(f"tunebot: --map takes expected=COLUMN (got {item[:60]})", err=True)
+            raise typer.Exit(2)
+        expected = column
     settings = _settings()
     ensure_schema(settings)
     engine = make_engine(settings.database_url)
@@ -160,12 +171,15 @@ def dataset_add(
     try:
         ds, created = add_dataset(engine=engine, settings=settings,
                                   team_id=actor.team_id, name=name, path=file,
-                                  user=actor.user_id)
+                                  user=actor.user_id, expected_column=expected)
     except UserError as exc:
         _print_report([f"✗ {file}: failed — {exc}"], True)
         return
     status = "created" if created and ds.version == 1 else "updated" if created else "unchanged"
-    _print_report([f"{file}: {status} — {ds.name} v{ds.version}, {ds.row_count} rows"], False)
+    source = (ds.stats or {}).get("expected_column")
+    read = f"; expected answers read from column `{source}`" if source else ""
+    _print_report([f"{file}: {status} — {ds.name} v{ds.version}, {ds.row_count} rows{read}"],
+                  False)
 
 
 @cli.command()
@@ -173,6 +187,9 @@ def worker(
     queues: Annotated[str, typer.Option(help="comma-separated: inference,gpu,io")] = "",
     concurrency: Annotated[int, typer.Option(help="processes (0: the setting)")] = 0,
     hostname: Annotated[str, typer.Option(help="Celery node name")] = "",
+    beat: Annotated[bool | None, typer.Option(
+        "--beat/--no-beat", help="also run Celery beat (the watch tick) beside this worker; "
+        "default: on for the embedded broker when serving the inference queue")] = None,
 ) -> None:
     """Run a Celery worker with a reconciler loop; no --queues serves all three."""
     settings = _settings(server=True)
@@ -183,6 +200,12 @@ def worker(
         typer.echo(f"tunebot: unknown queue {bad[0]} (queues: {', '.join(QUEUES)})", err=True)
         raise typer.Exit(2)
     ensure_schema(settings)
+    with_beat = beat if beat is not None else (
+        "inference" in chosen and settings.broker_url.startswith("sqla+"))
+    if with_beat:
+        # The embedded default is one command: the scheduler that ticks the watches comes
+        # with it (with Redis, run `tunebot beat` once beside the workers instead).
+        _companion(["beat"])
     if "io" in chosen and len(chosen) > 1:
         # Slack delivery must not wait behind a long job in the same pool: the io queue gets
         # its own worker process, started and stopped with this one.
@@ -234,8 +257,12 @@ def worker(
 
 def _companion_io_worker(hostname: str) -> None:
     name = f"{hostname.split('@')[0]}-io@%h" if hostname else "tunebot-io@%h"
-    proc = subprocess.Popen([sys.executable, "-m", "tunebot.cli", "worker", "--queues", "io",
-                             "--concurrency", "1", "--hostname", name])
+    _companion(["worker", "--queues", "io", "--concurrency", "1", "--hostname", name])
+
+
+def _companion(args: list[str]) -> None:
+    """A `tunebot ARGS` process started and stopped with this one."""
+    proc = subprocess.Popen([sys.executable, "-m", "tunebot.cli", *args])
 
     def stop() -> None:
         if proc.poll() is None:
@@ -246,6 +273,29 @@ def _companion_io_worker(hostname: str) -> None:
                 proc.kill()
 
     atexit.register(stop)
+
+
+@cli.command("beat")
+def beat_cmd() -> None:
+    """Run Celery beat: a watch tick every TUNEBOT_WATCH_TICK_SECONDS. The watches' schedule
+    is in SQL, so any number of beats start each run once; on one var/ folder a second beat
+    waits for the first's lock and takes over when it ends."""
+    settings = _settings(server=True)
+    install_log_filter(settings)
+    ensure_schema(settings)
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    app = make_celery(settings)
+    log = logging.getLogger("tunebot.beat")
+    # Held for the life of the process: beat's schedule file is one writer's.
+    with open(settings.var_dir / "beat.lock", "a+b") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another beat holds %s; waiting to take over", settings.var_dir / "beat.lock")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        log.info("beat: a watch tick every %g s, schedule file %s",
+                 settings.watch_tick_seconds, app.conf.beat_schedule_filename)
+        app.Beat(loglevel=settings.log_level.upper(), quiet=True).run()
 
 
 @cli.command()
@@ -302,6 +352,64 @@ def jobs_cmd() -> None:
     app = build_core(settings)
     typer.echo(render_text(jobs_table(jobs.list_jobs(
         engine=app.engine, team_id=_actor(settings, app.engine).team_id))))
+
+
+@cli.command("ci")
+def ci_cmd(
+    refs: Annotated[list[str], typer.Argument(
+        help="candidates: REF (NAME@V, NAME:LABEL) or a catalog file prompts/NAME.yaml "
+             "(its last version, imported first)", show_default=False)],
+    against: Annotated[str, typer.Option(
+        "--against", help="a label of each candidate's own prompt (production), or one REF")],
+    on: Annotated[str | None, typer.Option(
+        "--on", help="the eval set (default: each prompt's linked eval set)")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="the model both run on (default: the baseline's)")] = None,
+    junit: Annotated[Path | None, typer.Option("--junit", help="write JUnit XML here")] = None,
+    markdown: Annotated[Path | None, typer.Option(
+        "--markdown", help="write a markdown summary (a pull-request comment) here")] = None,
+    local: Annotated[bool, typer.Option(
+        "--local", help="run the jobs in this process: no broker, no worker")] = False,
+) -> None:
+    """The CI gate: each candidate against its baseline, paired, judged by the team's
+    promotion rule; exit 1 on a regression, 0 otherwise, 2 on a usage error."""
+    settings = _settings()
+    for path in (junit, markdown):
+        if path is not None and not path.parent.is_dir():
+            typer.echo(f"tunebot: no folder {path.parent} to write {path.name} in", err=True)
+            raise typer.Exit(2)
+    ensure_schema(settings)
+    run_here: gate.Runner | None = None
+    if local:
+        try:  # the worker's own code, loaded by name: scoring is never duplicated here
+            execute = importlib.import_module("workers.execute")
+        except ModuleNotFoundError as exc:
+            typer.echo(f"tunebot: --local needs the workers installed (extra `ml`): {exc}",
+                       err=True)
+            raise typer.Exit(2) from None
+        # No waker: nothing goes to a broker; the job runs right here once it is queued.
+        app = Core(settings, make_engine(settings.database_url), None)
+
+        def execute_here(job_id: int) -> object:
+            return execute.execute_job(settings, app.engine, None, job_id)
+        run_here = execute_here
+    else:
+        app = build_core(settings)
+    actor = _actor(settings, app.engine)
+    try:
+        pairs = gate.plan(app, actor, refs, against, dataset=on, model=model)
+        result = gate.run(app, actor, pairs, local=run_here,
+                          note=lambda text: typer.echo(text, err=True))
+    except UserError as exc:
+        typer.echo(f"tunebot: {exc}" + (f"\nUsage: {exc.usage}" if exc.usage else ""), err=True)
+        raise typer.Exit(2) from None
+    for line in result.lines():
+        typer.echo(line)
+    if junit is not None:
+        junit.write_text(gate.junit_xml(result), encoding="utf-8")
+    if markdown is not None:
+        markdown.write_text(gate.markdown(result), encoding="utf-8")
+    raise typer.Exit(result.exit_code)
 
 
 @cli.command()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from tunebot.errors import UserError
 
-FAMILIES = ("prompt", "dataset", "finetune", "model", "compare", "tunebot")
+FAMILIES = ("prompt", "dataset", "finetune", "model", "compare", "watch", "tunebot")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 REF_RE = re.compile(
     r"^(?P<name>[a-z0-9][a-z0-9_.-]{0,62})"
@@ -19,6 +20,7 @@ REF_RE = re.compile(
 LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 KEY_RE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 MAX_TEXT = 4000
+WATCH_ACTIONS = ("list", "stop")  # reserved after /watch: never read as a prompt name
 
 
 @dataclass(frozen=True)
@@ -29,9 +31,13 @@ class Param:
     lo: float | None = None
     hi: float | None = None
     choices: tuple[str, ...] = ()
+    # A value with a grammar of its own (every=day, channel=<#C…>): (key, raw, usage) → value.
+    parse: Callable[[str, str, str], Any] | None = None
 
     def convert(self, key: str, raw: str, usage: str) -> Any:
         """Convert and range-check a raw value, or raise a UserError naming the range."""
+        if self.parse is not None:
+            return self.parse(key, raw, usage)
         if self.choices:
             if raw not in self.choices:
                 raise UserError(f"{key} must be one of {', '.join(self.choices)} (got {raw})",
@@ -51,6 +57,40 @@ class Param:
             raise UserError(f"{key} must be between {self.lo:g} and {self.hi:g} (got {raw[:40]})",
                             usage)
         return value
+
+
+EVERY_WORDS = {"hour": 3600, "hourly": 3600, "day": 86400, "daily": 86400,
+               "week": 604800, "weekly": 604800}
+_EVERY_RE = re.compile(r"^(?P<n>\d{1,9})(?P<unit>[smhdw]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_EVERY = 366 * 86400
+_CHANNEL_RE = re.compile(r"^(?:<#(?P<mention>[CG][A-Z0-9]{2,20})(?:\|[^>]*)?>|"
+                         r"(?P<id>[CGD][A-Z0-9]{2,20}))$")
+
+
+def parse_every(key: str, raw: str, usage: str) -> int:
+    """every=hour|day|week (hourly, daily, weekly too) or seconds (3600, or 30m, 6h, 2d, 1w)."""
+    value = raw.strip().lower()
+    if value in EVERY_WORDS:
+        return EVERY_WORDS[value]
+    m = _EVERY_RE.match(value)
+    if not m:
+        raise UserError(f"{key} must be hour, day, week or a number of seconds such as 7200 "
+                        f"(or 30m, 6h, 2d) (got {raw[:40]})", usage)
+    seconds = int(m.group("n")) * _UNITS[m.group("unit")]
+    if not 1 <= seconds <= MAX_EVERY:
+        raise UserError(f"{key} must be between 1 second and 366 days (got {raw[:40]})", usage)
+    return seconds
+
+
+def parse_channel(key: str, raw: str, usage: str) -> str:
+    """channel=#name as Slack sends it (<#C0123|name>) or a channel id (C0123ABC); the id."""
+    m = _CHANNEL_RE.match(raw.strip())
+    if not m:
+        raise UserError(f"{key} must be a channel mention (type # and pick the channel, so Slack "
+                        f"sends its id) or a channel id such as C0123ABC (got {raw[:40]})",
+                        usage)
+    return m.group("mention") or m.group("id")
 
 
 GEN_PARAMS = {
@@ -125,6 +165,15 @@ SPECS: dict[tuple[str, str], Spec] = {
     ("compare", "name"): Spec("/compare NAME on DATASET [hybrid] [traffic=N/day]",
                               ("NAME", "on", "DATASET"), {"traffic": Param(str)}, ("hybrid",),
                               job=True),
+    # Setting a watch makes jobs on its schedule (job=True: a resent request finds the same
+    # watch); `list` and `stop` are subcommands, never prompt names, after /watch.
+    ("watch", "set"): Spec(
+        "/watch REF on DATASET every=hour|day|week [model=M] [channel=#C]",
+        ("REF", "on", "DATASET"),
+        {"every": Param(str, parse=parse_every), "model": Param(str),
+         "channel": Param(str, parse=parse_channel)}, job=True),
+    ("watch", "list"): Spec("/watch list"),
+    ("watch", "stop"): Spec("/watch stop ID", ("ID",)),
     ("tunebot", "help"): Spec("/tunebot help [TOPIC]", ("TOPIC*",)),
     ("tunebot", "jobs"): Spec("/tunebot jobs"),
     ("tunebot", "whoami"): Spec("/tunebot whoami"),
@@ -213,6 +262,8 @@ def parse(text: str, family: str | None = None) -> Command:
                         "/tunebot help")
     if family == "compare":
         action = "vs" if "vs" in toks else "name"
+    elif family == "watch" and toks and toks[0].lower() not in WATCH_ACTIONS:
+        action = "set"  # /watch REF on DATASET every=…
     else:
         if not toks:
             raise UserError(f"/{family} needs a subcommand", usage_for(family))
@@ -220,6 +271,10 @@ def parse(text: str, family: str | None = None) -> Command:
     spec = SPECS.get((family, action))
     if spec is None:
         raise UserError(f"unknown subcommand `{action[:40]}` for /{family}", usage_for(family))
+    if family == "watch" and action in WATCH_ACTIONS and "on" in (t.lower() for t in toks):
+        raise UserError(f"`{action}` is a /watch subcommand, not a prompt name; to watch a "
+                        f"prompt named {action}, write {action}:production or {action}@1",
+                        usage_for(family))
     return _match(family, action, spec, toks, text)
 
 
@@ -277,6 +332,11 @@ def _capture(part: str, tok: str, usage: str) -> Any:
         if not LABEL_RE.match(tok):
             raise UserError(f"`{tok[:40]}` is not a valid label", usage)
         return tok
+    if part == "ID":
+        num = tok.lstrip("#")
+        if not num.isdigit() or len(num) > 12:
+            raise UserError(f"`{tok[:40]}` is not a watch number (see /watch list)", usage)
+        return int(num)
     if part == "JOB":
         num = tok.lstrip("#")
         if not num.isdigit() or len(num) > 12:

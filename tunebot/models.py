@@ -309,6 +309,51 @@ class SlackIdentity(SQLModel, table=True):
     checked_at: datetime = Field(default_factory=utcnow)
 
 
+class Watch(SQLModel, table=True):
+    """A regression watch: a prompt reference re-tested on a dataset on a schedule, each run
+    compared (paired) with the last accepted one; the schedule lives here, not in beat."""
+
+    __tablename__ = "watches"
+    __table_args__ = (Index("ix_watches_state_next_run_at", "state", "next_run_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    team_id: str = Field(index=True, max_length=32)
+    owner: str = Field(max_length=64)
+    prompt_ref: str = Field(max_length=140)  # as typed: NAME, NAME@3 or NAME:production
+    prompt_name: str = Field(max_length=64)
+    dataset: str = Field(max_length=64)
+    model: str | None = Field(default=None, max_length=256)  # None: the version's own model
+    channel: str | None = Field(default=None, max_length=64)
+    interval_seconds: int
+    next_run_at: datetime
+    # Bumped by every claim: the compare-and-set that lets one ticker, and one only, take a
+    # due run; it also names the run's job (idempotency key watch:ID:SEQ).
+    run_seq: int = 0
+    state: str = Field(default="active", max_length=16)  # active | paused | stopped
+    note: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    stopped_at: datetime | None = None
+    stopped_by: str | None = Field(default=None, max_length=64)
+    last_job_id: int | None = None  # the latest run's job
+    last_run_at: datetime | None = None  # when the latest run was judged
+    last_outcome: str | None = Field(default=None, max_length=32)
+    last_accuracy: float | None = None
+    # The last accepted run: what every new run is compared with, case by case.
+    accepted_job_id: int | None = None
+    accepted_at: datetime | None = None
+    accepted_version: int | None = None
+    accepted_model: str | None = Field(default=None, max_length=256)
+    accepted_dataset_version: int | None = None
+    accepted_dataset_hash: str | None = Field(default=None, max_length=64)
+    accepted_accuracy: float | None = None
+    accepted_passes: list[bool | None] | None = _json(None)
+    # The run that raised the current regression alert (cleared when a run is accepted):
+    # a later run as bad as it stays quiet, so one regression posts once.
+    alert_job_id: int | None = None
+    alert_passes: list[bool | None] | None = _json(None)
+
+
 # Invariants live with the tables, so every process that can write a PromptVersion has them
 # (a worker that only runs prompt tests never imports the catalog).
 @event.listens_for(PromptVersion, "before_update")

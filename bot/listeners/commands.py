@@ -1,4 +1,5 @@
-"""Slash commands: /prompt /dataset /finetune /model /compare /tunebot — answered in the ack."""
+"""Slash commands: /prompt /dataset /finetune /model /compare /watch /tunebot — answered in
+the ack."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from tunebot.replies import error
 # The HTTP front door parses a slash command once to route it (bot.app.route) and leaves the
 # result in the request's context under this key; Socket Mode requests are parsed here.
 PARSED = "tunebot_command"
-COMMANDS = re.compile(r"^/(prompt|dataset|finetune|model|compare|tunebot)$")
+COMMANDS = re.compile(r"^/(prompt|dataset|finetune|model|compare|watch|tunebot)$")
 
 
 def register(app: BoltApp, core: Core) -> None:

@@ -81,3 +81,32 @@ def cli_env(tmp_path: Path, extra: dict[str, str], *args: str) -> subprocess.Com
     env.update(TUNEBOT_VAR_DIR=str(tmp_path / "var"), TUNEBOT_CLI_USER="U0CLI", **extra)
     return subprocess.run([sys.executable, "-m", "tunebot.cli", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
+
+
+# ---- data as people have it ---------------------------------------------------------------------
+
+def test_a_label_column_is_the_expected_answer_and_the_cli_says_so(tmp_path: Path) -> None:
+    import json
+
+    rows = [{"text": f"review {i}", "label": "positive" if i % 2 else "negative"}
+            for i in range(6)]
+    data = tmp_path / "tickets.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = cli(tmp_path, "dataset", "add", "tickets", str(data))
+    assert out.returncode == 0, out.stderr
+    assert "6 rows; expected answers read from column `label`" in out.stdout
+    shown = cli(tmp_path, "run", "/dataset show tickets")
+    assert shown.returncode == 0 and "positive" in shown.stdout
+    # Any other column, named explicitly (CLI flag and the command's expected=).
+    other = tmp_path / "other.csv"
+    other.write_text("question,gold\nwhat is 2+2,4\ncapital of France,Paris\n")
+    refused = cli(tmp_path, "dataset", "add", "quiz", str(other))
+    assert refused.returncode == 1 and "missing_expected" in refused.stdout
+    mapped = cli(tmp_path, "dataset", "add", "quiz", str(other), "--map", "expected=gold")
+    assert mapped.returncode == 0 and "column `gold`" in mapped.stdout, mapped.stdout
+    via_command = cli(tmp_path, "run", "/dataset add quiz2 expected=gold", "--file", str(other))
+    assert via_command.returncode == 0 and "read from column `gold`" in via_command.stdout
+    missing = cli(tmp_path, "dataset", "add", "quiz3", str(other), "--map", "expected=nope")
+    assert missing.returncode == 1 and "no `nope` column" in missing.stdout
+    bad = cli(tmp_path, "dataset", "add", "quiz4", str(other), "--map", "answer=gold")
+    assert bad.returncode == 2 and "--map takes expected=COLUMN" in bad.stderr

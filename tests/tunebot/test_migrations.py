@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -10,7 +12,7 @@ from sqlmodel import Session, SQLModel, select
 
 from tunebot import migrate
 from tunebot.db import make_engine
-from tunebot.models import FormState, Job
+from tunebot.models import FormState, Job, Watch
 
 
 def test_upgrade_matches_models_and_downgrades(db_url: str) -> None:
@@ -112,4 +114,47 @@ def test_0007_keeps_label_history_and_adds_its_evidence(empty_url: str) -> None:
         row = conn.execute(text("SELECT to_version, reason, forced, evidence FROM "
                                 "label_history")).one()
     assert (row[0], row[1], bool(row[2]), row[3]) == (2, "", False, None)
+    engine.dispose()
+
+
+def test_0008_adds_watches_and_keeps_existing_rows(empty_url: str) -> None:
+    migrate.upgrade(empty_url, "0007")
+    engine = make_engine(empty_url)
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO jobs (id, team_id, kind, queue, status, requested_by, channel, title, "
+            "attempt, max_attempts, cancel_requested, progress, sends, created_at, "
+            "delivery_attempts) VALUES (9, 'T1', 'prompt_test', 'inference', 'succeeded', "
+            "'U1', 'C1', 'old test', 1, 5, false, 1.0, 1, '2026-11-01 10:00:00', 0)"))
+        conn.execute(text("INSERT INTO label_history (team_id, kind, name, label, to_version, "
+                          "moved_by, moved_at, reason, forced) VALUES ('T1', 'prompt', 'p', "
+                          "'production', 1, 'U1', CURRENT_TIMESTAMP, 'first', false)"))
+    engine.dispose()
+
+    migrate.upgrade(empty_url)
+    engine = make_engine(empty_url)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT title FROM jobs WHERE id = 9")).scalar_one() == \
+            "old test"
+        assert conn.execute(text("SELECT reason FROM label_history")).scalar_one() == "first"
+        assert conn.execute(text("SELECT count(*) FROM watches")).scalar_one() == 0
+    with Session(engine) as session:  # the new table through the model, JSON and all
+        watch = Watch(team_id="T1", owner="U1", prompt_ref="p:production", prompt_name="p",
+                      dataset="d", interval_seconds=3600,
+                      next_run_at=datetime(2026, 12, 1, 9, tzinfo=UTC),
+                      accepted_passes=[True, False, None], accepted_job_id=9)
+        session.add(watch)
+        session.commit()
+        row = session.exec(select(Watch)).one()
+        assert (row.state, row.run_seq, row.note) == ("active", 0, "")
+        assert row.accepted_passes == [True, False, None]
+        assert row.next_run_at == datetime(2026, 12, 1, 9, tzinfo=UTC)
+    engine.dispose()
+
+    migrate.downgrade(empty_url, "0007")  # and back: the other tables keep their rows
+    engine = make_engine(empty_url)
+    with engine.begin() as conn:
+        assert "watches" not in inspect(conn).get_table_names()
+        assert conn.execute(text("SELECT title FROM jobs WHERE id = 9")).scalar_one() == \
+            "old test"
     engine.dispose()

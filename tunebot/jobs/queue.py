@@ -32,10 +32,15 @@ log = logging.getLogger(__name__)
 INFERENCE_TASK = "tunebot.run_inference_job"
 GPU_TASK = "tunebot.run_gpu_job"
 NOTIFY_TASK = "tunebot.notify"
+# Sent by Celery beat every TUNEBOT_WATCH_TICK_SECONDS; the schedule itself is in SQL
+# (tunebot/watches.py), so a tick is only "look for due watches now".
+WATCH_TICK_TASK = "tunebot.watch_tick"
+BEAT_SCHEDULE_FILE = "celerybeat-schedule"  # beat's own state, under TUNEBOT_VAR_DIR
 TASK_ROUTES = {
     INFERENCE_TASK: {"queue": "inference"},
     GPU_TASK: {"queue": "gpu"},
     NOTIFY_TASK: {"queue": "io"},
+    WATCH_TICK_TASK: {"queue": "inference"},
 }
 TASK_FOR_QUEUE = {"inference": INFERENCE_TASK, "gpu": GPU_TASK}
 # Celery includes task modules by name so that tunebot/ imports neither bot/ nor workers/.
@@ -170,6 +175,13 @@ def make_celery(settings: Settings, queues: tuple[str, ...] = ()) -> Celery:
         worker_send_task_events=False,
         task_send_sent_event=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
+        # A tick that waited longer than the next one is dropped (a busy worker never works
+        # through a backlog of them); a missed tick only delays a due watch to the next.
+        beat_schedule={"watch-tick": {
+            "task": WATCH_TICK_TASK, "schedule": settings.watch_tick_seconds,
+            "options": {"queue": "inference", "expires": max(settings.watch_tick_seconds, 1.0)},
+        }},
+        beat_schedule_filename=str(settings.var_dir / BEAT_SCHEDULE_FILE),
     )
     app.tunebot_settings = settings
     prepare_broker(app)

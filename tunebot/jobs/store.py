@@ -106,10 +106,12 @@ def submit(
     try:
         with session_scope(engine) as session:
             if max_active_per_user is not None:
+                # A watch's scheduled runs (tunebot/watches.py) are the owner's, but not
+                # requests of theirs: they never count against what the owner may start.
                 active_ids = list(session.execute(
                     select(col(Job.id)).where(
                         col(Job.team_id) == team_id, col(Job.requested_by) == requested_by,
-                        col(Job.status).in_(ACTIVE_STATUSES),
+                        col(Job.status).in_(ACTIVE_STATUSES), col(Job.kind) != "watch_run",
                     ).order_by(col(Job.id))
                 ).scalars())
                 if len(active_ids) >= max_active_per_user:
