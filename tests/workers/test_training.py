@@ -578,3 +578,7 @@ def test_learning_verdict_reads_the_validation_split_and_the_loss_curve() -> Non
     assert learning_verdict(result(2.0, 0.5), score(0.3, 0.3))[0] is False  # tie: nothing gained
     assert learning_verdict(result(2.0, 0.5), score(1.0, 1.0))[0] is True  # base already perfect
     assert learning_verdict(result(), None) == (None, "no validation split to judge it by")
+    # Free text: no case passes either way, but the graded score rose — it learned.
+    graded = {"n": 10, "tuned": 0.0, "base": 0.0, "tuned_value": 0.61, "base_value": 0.22}
+    assert learning_verdict(result(1.9, 1.7), graded)[0] is True
+    assert learning_verdict(result(1.9, 1.7), {**graded, "tuned_value": 0.23})[0] is False

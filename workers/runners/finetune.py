@@ -170,11 +170,12 @@ class FinetuneRunner:
         ctx.say(Reply(text=f"Registered {ref}", blocks=blocks))
         if learned is False:
             hp = prep.hp
+            lr, epochs = float(hp.get("lr") or 2e-4), int(hp.get("epochs") or 3)
             ctx.say(Reply(text=f"⚠ {ref} did not learn its task: {note}. Try a higher learning "
-                          f"rate or more epochs (it trained at lr={hp.get('lr')}, "
-                          f"epochs={hp.get('epochs')}: e.g. lr=1e-3 epochs=5), more training "
-                          "rows, or template=full if the task lives in the prompt. /compare "
-                          "with it says nothing about fine-tuning."))
+                          f"rate or more epochs (it trained at lr={lr:g}, epochs={epochs}: e.g. "
+                          f"lr={min(lr * 2, 1e-2):g} epochs={min(epochs * 2, 25)}), more "
+                          "training rows, or template=full if the task lives in the prompt. "
+                          "/compare with it says nothing about fine-tuning."))
         return {"model": ref, "learned": learned, "learning_note": note,
                 "best_step": result.best_step, "best_val_loss": result.best_val_loss,
                 "final_step": result.final_step, "held_out": score,
@@ -211,19 +212,24 @@ class FinetuneRunner:
         gen = GenParams(temperature=0.0, max_new_tokens=max_new)
         outputs: dict[str, list[str]] = {}
         passed: dict[str, list[bool]] = {}
+        values: dict[str, float] = {}
         for name, adapter in (("base", None), ("tuned", Path(result.adapter_dir))):
             self.ctx.check()
             backend = get_backend(str(prep.model_dir.resolve()), self.ctx.settings,
                                   adapter_dir=adapter)
             gens = backend.generate(prompts, gen)
             outputs[name] = [g.text for g in gens]
-            passed[name] = [bool(case_passed(score_case(
-                g.text, exp, None, specs, ScoreContext(output_spec=spec))))
-                for g, exp in zip(gens, expected, strict=True)]
+            scored = [score_case(g.text, exp, None, specs, ScoreContext(output_spec=spec))
+                      for g, exp in zip(gens, expected, strict=True)]
+            passed[name] = [bool(case_passed(s)) for s in scored]
+            # The graded side too (similarity, F1…): free text can improve below a pass mark.
+            values[name] = sum(sum(x.value for x in s) / len(s) if s else 0.0
+                               for s in scored) / max(len(scored), 1)
         n = len(expected)
         k_t, k_b = sum(passed["tuned"]), sum(passed["base"])
         score = {"n": n, "tuned": k_t / n, "base": k_b / n, "tuned_ci": list(stats.wilson(k_t, n)),
-                 "base_ci": list(stats.wilson(k_b, n))}
+                 "base_ci": list(stats.wilson(k_b, n)), "tuned_value": values["tuned"],
+                 "base_value": values["base"]}
         rows = [[_snip(prompts[i][-1]["content"]), _snip(expected[i], 20),
                  _snip(outputs["base"][i], 24), _snip(outputs["tuned"][i], 24)]
                 for i in range(min(show, n))]
@@ -257,6 +263,7 @@ class FinetuneRunner:
 
 
 MIN_LOSS_DROP = 0.10  # a validation loss that never fell 10% below its first value did not move
+MIN_GRADED_GAIN = 0.02  # a tie on pass/fail still counts as learning when the mean score rose
 
 
 def learning_verdict(result: TrainResult, score: dict[str, Any] | None) -> tuple[bool | None, str]:
@@ -265,7 +272,9 @@ def learning_verdict(result: TrainResult, score: dict[str, Any] | None) -> tuple
     fell meaningfully below the first evaluation. None when there is nothing to judge by."""
     reasons = []
     if score is not None and score["n"] > 0:
-        if score["tuned"] < score["base"] or (score["tuned"] == score["base"] < 1.0):
+        graded_gain = score.get("tuned_value", 0.0) - score.get("base_value", 0.0)
+        tie = score["tuned"] == score["base"] < 1.0 and graded_gain <= MIN_GRADED_GAIN
+        if score["tuned"] < score["base"] or tie:
             reasons.append(f"held-out {score['tuned']:.1%} is no better than the base model's "
                            f"{score['base']:.1%}")
     losses = [float(h["val_loss"]) for h in result.history if h.get("val_loss") is not None]
