@@ -186,7 +186,9 @@ def script(stack: Stack, client: Client, model: Path) -> None:
 @pytest.mark.parametrize("transport", ["http", "socket"])
 def test_every_slash_command_in_one_session(transport: str, tmp_path: Path, start_worker,
                                             redis_url: str, tiny_model_dir: Path) -> None:
-    with running_stack(tmp_path, start_worker, redis_url, max_jobs_per_user=5) as stack:
+    # The production gate is off here: tests/workers/test_promotion_gate.py covers it.
+    with running_stack(tmp_path, start_worker, redis_url, max_jobs_per_user=5,
+                       protected_labels=[]) as stack:
         seed(stack, tmp_path)
         with client_for(stack, transport) as client:
             script(stack, client, tiny_model_dir)
