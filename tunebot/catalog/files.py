@@ -366,12 +366,13 @@ def export_dir(*, engine: Engine, settings: Settings, team_id: str, path: Path) 
         report.files.append(FileResult(_rel(target, path), "dataset", ds.name, "written",
                                        f"v{ds.version}, {ds.row_count} rows"))
     with session_scope(engine) as session:
-        rules = guidelines.guidelines_document(guidelines.team_rules(session=session,
-                                                                     team_id=team_id))
-        target = path / f"{GUIDELINES}.yaml"
-        target.write_text(dump_yaml(rules), encoding="utf-8")
-        report.files.append(FileResult(_rel(target, path), "guidelines", GUIDELINES, "written",
-                                       f"{len(rules['rules'])} rules"))
+        stored = guidelines.stored_rules(session=session, team_id=team_id)
+        if stored is not None:  # the team's own rules travel with its catalog
+            rules = guidelines.guidelines_document(stored)
+            target = path / f"{GUIDELINES}.yaml"
+            target.write_text(dump_yaml(rules), encoding="utf-8")
+            report.files.append(FileResult(_rel(target, path), "guidelines", GUIDELINES,
+                                           "written", f"{len(rules['rules'])} rules"))
         for summary in catalog.list_prompts(session=session, team_id=team_id):
             doc = prompt_document(session=session, prompt=summary.prompt)
             target = path / f"{summary.prompt.name}.yaml"

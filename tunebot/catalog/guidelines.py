@@ -209,10 +209,15 @@ def refusal(findings: list[Finding]) -> str:
             + "\n".join(f.line() for f in errors(findings)))
 
 
+def stored_rules(*, session: Session, team_id: str) -> tuple[Rule, ...] | None:
+    """The workspace's guidelines as last imported, or None when it never imported any."""
+    row = session.get(TeamGuidelines, team_id)
+    return parse_guidelines(row.rules) if row is not None and row.rules else None
+
+
 def team_rules(*, session: Session, team_id: str) -> tuple[Rule, ...]:
     """The workspace's guidelines as last imported, or DEFAULT."""
-    row = session.get(TeamGuidelines, team_id)
-    return parse_guidelines(row.rules) if row is not None and row.rules else DEFAULT
+    return stored_rules(session=session, team_id=team_id) or DEFAULT
 
 
 def set_team_rules(*, session: Session, team_id: str, document: Any, user: str) -> bool:
