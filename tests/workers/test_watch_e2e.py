@@ -129,9 +129,12 @@ def test_a_watch_fires_under_beat_survives_a_crash_and_alerts_once(
     assert retried is not None and retried.status == "succeeded" and retried.attempt == 2
     assert retried.result["outcome"] == "baseline"  # the run the crash interrupted
     quiet = [j.id for j in _runs(app) if j.status == "succeeded"]
+    # The killed worker's notifier may have died holding a job's delivery claim: the next
+    # one takes over when that claim runs out (bot.notifier.CLAIM_SECONDS).
     _wait("the notifier to see the quiet runs' events", lambda: all(
         e.delivered_at is not None for i in quiet
-        for e in jobs.read_events(engine=app.engine, job_id=i or 0)))
+        for e in jobs.read_events(engine=app.engine, job_id=i or 0)),
+        timeout=CLAIM_SECONDS + 60)
     assert slack.messages(ALERTS) == []
 
     # Production moves to a version that answers worse: the watch follows the label, posts
