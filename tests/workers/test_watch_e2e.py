@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlmodel import Session, col
 
 import tests.conftest as shared
+from bot.notifier import CLAIM_SECONDS
 from devtools.seed import CONTENT, seed_colours
 from devtools.slack_api.server import SlackAPIServer
 from tests.conftest import make_settings
