@@ -6,6 +6,7 @@ import logging
 
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
+from slack_bolt.request import BoltRequest
 from slack_sdk import WebClient
 from sqlalchemy.exc import DBAPIError
 
@@ -64,3 +65,12 @@ def job_reply(outcome: Outcome) -> Reply:
     else:
         text = f"That request is already job #{job.id} ({job.status})."
     return Reply(text=text, ephemeral=True)
+
+
+def retry_num(request: BoltRequest) -> int:
+    """Slack's X-Slack-Retry-Num of a re-delivered event (0 for the first delivery)."""
+    values = request.headers.get("x-slack-retry-num") or ["0"]
+    try:
+        return int(values[0])
+    except ValueError:
+        return 0

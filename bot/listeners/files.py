@@ -25,7 +25,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.blocks import fallback_text, reply_blocks
 from bot.files import download, requested_name, staging_dir
-from bot.listeners.common import actor_for, failure_reply
+from bot.listeners.common import actor_for, failure_reply, retry_num
 from tunebot.commands import parse
 from tunebot.core import Core, Outcome
 from tunebot.datasets.uploads import take_pending
@@ -82,14 +82,6 @@ def _logged(fn: Any) -> None:
         log.exception("dataset upload failed")
 
 
-def _retry_num(request: BoltRequest) -> int:
-    values = request.headers.get("x-slack-retry-num") or ["0"]
-    try:
-        return int(values[0])
-    except ValueError:
-        return 0
-
-
 def register(app: BoltApp, core: Core) -> None:
     """Register the file_share listener (and quietly accept other messages)."""
 
@@ -107,7 +99,7 @@ def register(app: BoltApp, core: Core) -> None:
             log.info("file share %s in %s already taken; a re-delivery is ignored",
                      body.get("event_id"), channel)
             return
-        retried = _retry_num(request) > 0
+        retried = retry_num(request) > 0
         name = requested_name(event.get("text", ""))
         if name is None:
             try:

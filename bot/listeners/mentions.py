@@ -10,21 +10,13 @@ from slack_bolt.request import BoltRequest
 from slack_sdk import WebClient
 
 from bot.blocks import fallback_text, reply_blocks
-from bot.listeners.common import actor_for, job_reply, run
+from bot.listeners.common import actor_for, job_reply, retry_num, run
 from tunebot.commands import parse
 from tunebot.core import Core
 from tunebot.errors import UserError
 from tunebot.replies import error
 
 MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
-
-
-def _retry_num(request: BoltRequest) -> int:
-    values = request.headers.get("x-slack-retry-num") or ["0"]
-    try:
-        return int(values[0])
-    except ValueError:
-        return 0
 
 
 def register(app: BoltApp, core: Core) -> None:
@@ -38,7 +30,7 @@ def register(app: BoltApp, core: Core) -> None:
         channel = event["channel"]
         thread = event.get("thread_ts") or event["ts"]
         team = body.get("team_id") or event.get("team", "")
-        retried = _retry_num(request) > 0
+        retried = retry_num(request) > 0
         try:
             cmd = parse(text, family="tunebot")  # `@tunebot ping` and `@tunebot prompt list`
         except UserError as exc:
