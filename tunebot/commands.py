@@ -138,6 +138,14 @@ SPECS: dict[tuple[str, str], Spec] = {
     ("prompt", "compare"): Spec(
         "/prompt compare REF REF on DATASET [model=M] [samples=K] [temperature=T] [max_tokens=N]",
         ("REF", "REF2", "on", "DATASET"), GEN_PARAMS, job=True),
+    ("prompt", "optimize"): Spec(
+        "/prompt optimize REF on DATASET [train=DATASET] [model=M] [budget=N] "
+        "[proposer=openai:NAME]",
+        ("REF", "on", "DATASET"),
+        {"train": Param(str, parse=lambda k, raw, usage: parse_name(raw, usage, "dataset name")),
+         "model": Param(str), "budget": Param(int, 4, 200),
+         "proposer": Param(str, parse=lambda k, raw, usage: parse_proposer(raw, usage))},
+        job=True),
     ("dataset", "list"): Spec("/dataset list"),
     ("dataset", "show"): Spec("/dataset show NAME", ("NAME",)),
     ("dataset", "add"): Spec("/dataset add NAME [expected=COLUMN]  (with a file)", ("NAME",),
@@ -236,6 +244,14 @@ def parse_name(raw: str, usage: str, what: str = "name") -> str:
     if not NAME_RE.match(raw) or ".." in raw:
         raise UserError(f"`{raw[:80]}` is not a valid {what} (lower-case letters, digits, "
                         "- _ . ; at most 63 characters)", usage)
+    return raw
+
+
+def parse_proposer(raw: str, usage: str) -> str:
+    """proposer=openai:NAME: the OpenAI-compatible model that proposes instruction rewrites."""
+    if not raw.startswith("openai:") or len(raw) > 200 or not raw[7:].strip() or ".." in raw:
+        raise UserError(f"proposer must be openai:NAME, an OpenAI-compatible model "
+                        f"(got {raw[:40]})", usage)
     return raw
 
 

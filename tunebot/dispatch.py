@@ -10,7 +10,7 @@ from tunebot.access import check_policy
 from tunebot.commands import Command, usage_for
 from tunebot.core import Actor, Core, Outcome
 from tunebot.errors import UserError
-from tunebot.handlers import compare, dataset, finetune, labels, model, prompt, watch
+from tunebot.handlers import compare, dataset, finetune, labels, model, optimize, prompt, watch
 from tunebot.handlers import tunebot as tunebot_family
 from tunebot.handlers.common import Handler
 from tunebot.replies import error
@@ -19,7 +19,7 @@ HANDLERS: dict[tuple[str, str], Handler] = {
     **prompt.ROUTES.table, **labels.ROUTES.table, **dataset.ROUTES.table,
     **finetune.ROUTES.table,
     **model.ROUTES.table, **compare.ROUTES.table, **tunebot_family.ROUTES.table,
-    **watch.ROUTES.table,
+    **watch.ROUTES.table, **optimize.ROUTES.table,
 }
 
 

@@ -34,6 +34,8 @@ KINDS: dict[str, JobKind] = {k.name: k for k in (
             "workers.runners.data_check:DataCheckRunner"),
     JobKind("compare", "inference", ("compare", "vs"), "workers.runners.compare:CompareRunner"),
     JobKind("finetune", "gpu", ("finetune", "start"), "workers.runners.finetune:FinetuneRunner"),
+    JobKind("prompt_optimize", "inference", ("prompt", "optimize"),
+            "workers.runners.optimize:OptimizeRunner"),
     JobKind("watch_run", "inference", ("watch", "set"), "workers.runners.watch:WatchRunner"),
 )}
 
