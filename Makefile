@@ -23,7 +23,7 @@ install: $(STAMP)
 
 # Re-pin every dependency (base and all extras) from pyproject.toml, against the CPU torch.
 lock: install
-	$(BIN)/pip-compile -q --strip-extras --extra bot --extra ml --extra dev --extra bench \
+	$(BIN)/pip-compile -q --strip-extras --extra bot --extra ml --extra dev --extra bench --extra ops \
 		--unsafe-package torch --no-header --annotation-style line \
 		--no-emit-index-url --no-emit-find-links \
 		-c constraints/torch-cpu.txt -o requirements.lock pyproject.toml
