@@ -30,9 +30,12 @@ class JobStatus(enum.StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+    # A parent job between its stages (tunebot/jobs/chain.py): holds no worker and no lease,
+    # counts as active (quota, active_key), woken to "queued" when a child ends.
+    waiting = "waiting"
 
 
-ACTIVE_STATUSES = ("queued", "running")
+ACTIVE_STATUSES = ("queued", "running", "waiting")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 
@@ -138,8 +141,8 @@ class Job(SQLModel, table=True):
             "uq_jobs_active_key",
             "active_key",
             unique=True,
-            sqlite_where=text("status IN ('queued', 'running')"),
-            postgresql_where=text("status IN ('queued', 'running')"),
+            sqlite_where=text("status IN ('queued', 'running', 'waiting')"),
+            postgresql_where=text("status IN ('queued', 'running', 'waiting')"),
         ),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
     )
@@ -148,6 +151,9 @@ class Job(SQLModel, table=True):
     team_id: str = Field(index=True, max_length=32)
     kind: str = Field(max_length=32)
     queue: str = Field(max_length=32)
+    # The job whose stage this is (tunebot/jobs/chain.py): exempt from the quota, cancelled
+    # with it, and its end wakes the parent.
+    parent_id: int | None = Field(default=None, index=True)
     status: str = Field(default=JobStatus.queued.value, max_length=16, index=True)
     requested_by: str = Field(max_length=64)
     channel: str | None = Field(default=None, max_length=64)

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 
 from tunebot import jobs
 from tunebot.errors import Cancelled, JobError, LeaseLost, UserError
+from tunebot.jobs import chain
 from tunebot.models import FINAL_STATUSES
 from tunebot.redact import redact
 from tunebot.replies import Reply
@@ -87,6 +88,14 @@ def execute_job(settings: Settings, engine: Engine, waker: jobs.Waker | None,
     except LeaseLost:
         log.warning("job %s: lease lost, stopping without recording", job_id)
         return "lease-lost"
+    except chain.Waiting as wait:
+        # A parent between stages (tunebot/jobs/chain.py): it gives its worker back.
+        beat.stop()
+        parked = chain.park(engine=engine, waker=waker, job_id=job_id, owner=owner)
+        if parked != "cancel-requested":
+            log.info("job %s: %s (%s)", job_id, parked, wait.note)
+            return parked
+        status, error = "cancelled", "cancelled on request"
     except Cancelled:
         status, error = "cancelled", "cancelled on request"
     except (JobError, UserError) as exc:
@@ -108,4 +117,7 @@ def execute_job(settings: Settings, engine: Engine, waker: jobs.Waker | None,
                        result=result, final=final,
                        waker=waker):
         return "lease-lost"
+    if status != "succeeded":
+        # A parent that ended early takes its stages with it (none, for a job without any).
+        chain.cancel_tree(engine=engine, job_id=job_id, waker=waker)
     return status

@@ -15,10 +15,11 @@ from tunebot.db import session_scope
 from tunebot.models import Job, utcnow
 from tunebot.replies import Reply
 
-STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
+STATUSES = ["queued", "running", "waiting", "succeeded", "failed", "cancelled"]
 LEGAL = {("queued", "running"), ("queued", "cancelled"), ("queued", "failed"),
          ("running", "succeeded"), ("running", "failed"), ("running", "cancelled"),
-         ("running", "queued")}
+         ("running", "queued"), ("running", "waiting"),
+         ("waiting", "queued"), ("waiting", "cancelled"), ("waiting", "failed")}
 
 
 class RecordingWaker:

@@ -13,6 +13,7 @@ from tunebot.commands import SPECS, Command, Ref
 from tunebot.core import Actor, Core, Outcome
 from tunebot.db import session_scope
 from tunebot.errors import NotFound
+from tunebot.jobs import chain
 from tunebot.modelref import parse_model_ref
 from tunebot.models import Job
 from tunebot.replies import Reply, section, table
@@ -70,9 +71,14 @@ def cancel_job(app: Core, actor: Actor, job_id: int, *, running: str) -> Outcome
     require_owner_or_admin(job.requested_by, actor, f"job #{job.id}")
     assert job.id is not None
     state = jobs.request_cancel(engine=app.engine, job_id=job.id, waker=app.waker)
+    # Its stages go with it (tunebot/jobs/chain.py): after the parent, which they then
+    # cannot wake.
+    stages = chain.cancel_tree(engine=app.engine, job_id=job.id, waker=app.waker)
     text = {"cancelled": f"Job #{job.id} cancelled.",
             "running": f"Job #{job.id} {running}"}.get(
         state, f"Job #{job.id} already ended ({state}).")
+    if stages:
+        text += " Its stage job(s) " + ", ".join(f"#{i}" for i in stages) + " cancelled too."
     return Outcome(Reply(text=text, blocks=[section(text)]))
 
 

@@ -17,7 +17,7 @@ from sqlmodel import Session, col
 from tunebot.db import session_scope
 from tunebot.jobs.kinds import Waker
 from tunebot.models import Job, JobEvent, utcnow
-from tunebot.replies import Reply
+from tunebot.replies import Reply, context
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,12 @@ def notify(*, waker: Waker, job_id: int) -> None:
 
 def emit(*, engine: Engine, job_id: int, reply: Reply, waker: Waker | None = None,
          kind: str = "reply") -> JobEvent:
-    """Record what a job says (next seq in its thread) and ask the notifier to deliver it."""
+    """Record what a job says (next seq in its thread) and ask the notifier to deliver it.
+
+    A child job (a stage of its parent, tunebot/jobs/chain.py) speaks in its parent's thread:
+    its messages are copied there, marked with the child's number (its root status line is
+    not: the parent keeps its own), so one Slack thread tells the whole chain.
+    """
     for _ in range(5):
         try:
             with session_scope(engine) as session:
@@ -56,6 +61,11 @@ def emit(*, engine: Engine, job_id: int, reply: Reply, waker: Waker | None = Non
                     raise LookupError(job_id)
                 event = add_event(session=session, job=job, reply=reply, kind=kind)
                 channel = job.channel
+                parent = session.get(Job, job.parent_id) if job.parent_id is not None and \
+                    kind == "reply" else None
+                if parent is not None:
+                    add_event(session=session, job=parent, kind="reply",
+                              reply=stage_reply(job, reply))
             break
         except IntegrityError:  # two writers took the same seq: take the next one
             continue
@@ -63,7 +73,16 @@ def emit(*, engine: Engine, job_id: int, reply: Reply, waker: Waker | None = Non
         raise RuntimeError(f"could not record an event for job {job_id}")
     if waker is not None and channel:
         notify(waker=waker, job_id=job_id)
+    if waker is not None and parent is not None and parent.channel and parent.id is not None:
+        notify(waker=waker, job_id=parent.id)
     return event
+
+
+def stage_reply(child: Job, reply: Reply) -> Reply:
+    """A child's message as its parent's thread shows it: prefixed with the child's number."""
+    mark = f"↳ #{child.id} {child.kind}"
+    blocks = [context(mark), *reply.blocks] if reply.blocks else []
+    return Reply(text=f"{mark}: {reply.text}", blocks=blocks, error=reply.error)
 
 
 def read_events(*, engine: Engine, job_id: int, after_seq: int = 0) -> list[JobEvent]:

@@ -17,8 +17,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col
 
 from tunebot.db import session_scope
+from tunebot.jobs.chain import wake_stranded
 from tunebot.jobs.events import add_event
 from tunebot.jobs.kinds import Waker
+from tunebot.jobs.store import send_woken, wake_parent
 from tunebot.models import Job, JobEvent, utcnow
 from tunebot.replies import Reply
 
@@ -33,12 +35,14 @@ class Reconciled:
     failed: list[int]
     resent: list[int]
     notify: list[int] = field(default_factory=list)
+    woken: list[int] = field(default_factory=list)  # waiting parents whose stages all ended
 
 
 def reconcile(*, engine: Engine, waker: Waker | None, resend_after: float) -> Reconciled:
     """Re-queue jobs whose lease expired, fail those out of attempts, re-send lost queued jobs."""
     now = utcnow()
     out = Reconciled([], [], [])
+    parents: list[tuple[int, str]] = []
     with session_scope(engine) as session:
         expired = session.execute(
             select(Job).where(col(Job.status) == "running",
@@ -73,6 +77,10 @@ def reconcile(*, engine: Engine, waker: Waker | None, resend_after: float) -> Re
                     line = f"❌ {job.title or job.kind} · #{job.id} · {values['status']}"
                     reply = Reply(text=f"{line}: {values['error']}", status=line, error=True)
                     add_event(session=session, job=job, reply=reply, kind="final")
+                    session.flush()
+                    parent = wake_parent(session=session, job=job)
+                    if parent is not None:
+                        parents.append(parent)
         # Queued jobs whose wake-up the broker may have lost: re-send with back-off, since a
         # duplicate wake-up is harmless (the lease admits one run) but an unbounded one is noise.
         stale = session.execute(
@@ -105,6 +113,9 @@ def reconcile(*, engine: Engine, waker: Waker | None, resend_after: float) -> Re
             .distinct()
         ).scalars().all()
         out.notify = list(undelivered)
+    send_woken(waker, parents)
+    out.woken = [job_id for job_id, _ in parents]
+    out.woken += wake_stranded(engine=engine, waker=waker)
     if waker is not None:
         for job_id in [*out.requeued, *out.resent]:
             try:
@@ -135,9 +146,9 @@ class Reconciler(threading.Thread):
             try:
                 done = reconcile(engine=self.engine, waker=self.waker,
                                  resend_after=max(2 * self.interval, 5))
-                if done.requeued or done.failed or done.resent:
-                    log.info("reconciler: requeued %s failed %s resent %s",
-                             done.requeued, done.failed, done.resent)
+                if done.requeued or done.failed or done.resent or done.woken:
+                    log.info("reconciler: requeued %s failed %s resent %s woke %s",
+                             done.requeued, done.failed, done.resent, done.woken)
             except Exception as exc:
                 log.warning("reconciler pass failed (%s); retrying", exc.__class__.__name__)
 

@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "queued": frozenset({"running", "cancelled", "failed"}),
-    "running": frozenset({"succeeded", "failed", "cancelled", "queued"}),
+    "running": frozenset({"succeeded", "failed", "cancelled", "queued", "waiting"}),
+    # A parent between stages (tunebot/jobs/chain.py): woken, or ended without running.
+    "waiting": frozenset({"queued", "cancelled", "failed"}),
     "succeeded": frozenset(),
     "failed": frozenset(),
     "cancelled": frozenset(),
@@ -87,12 +89,15 @@ def submit(
     max_attempts: int = 5,
     max_active_per_user: int | None = None,
     announce: Callable[[Job], Reply] | None = None,
+    parent_id: int | None = None,
 ) -> Submitted:
     """Commit a job row (deduplicated by its keys), then wake a worker for it.
 
     `announce` builds the job's first thread event (its "queued" status), written in the same
     transaction. The keys are enforced by UNIQUE indexes: the insert is tried first and a
     repeated request is answered from the row that beat it (one transaction on the fast path).
+    A child (`parent_id`, tunebot/jobs/chain.py) is a stage of a job already counted: it never
+    counts against the quota, its own or its parent's.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown job kind {kind!r}")
@@ -101,17 +106,18 @@ def submit(
         team_id=team_id, kind=kind, queue=KINDS[kind].queue, requested_by=requested_by,
         params=params, title=title[:512], channel=channel, thread_ts=thread_ts,
         response_url=response_url, idempotency_key=idempotency_key, active_key=active_key,
-        max_attempts=max_attempts, sends=1, last_sent_at=utcnow(),
+        max_attempts=max_attempts, sends=1, last_sent_at=utcnow(), parent_id=parent_id,
     )
     try:
         with session_scope(engine) as session:
-            if max_active_per_user is not None:
+            if max_active_per_user is not None and parent_id is None:
                 # A watch's scheduled runs (tunebot/watches.py) are the owner's, but not
                 # requests of theirs: they never count against what the owner may start.
                 active_ids = list(session.execute(
                     select(col(Job.id)).where(
                         col(Job.team_id) == team_id, col(Job.requested_by) == requested_by,
                         col(Job.status).in_(ACTIVE_STATUSES), col(Job.kind) != "watch_run",
+                        col(Job.parent_id).is_(None),
                     ).order_by(col(Job.id))
                 ).scalars())
                 if len(active_ids) >= max_active_per_user:
@@ -274,13 +280,46 @@ def finish(*, engine: Engine, job_id: int, owner: str, status: str,
         channel = job.channel
         if final is not None:
             add_event(session=session, job=job, reply=final, kind="final")
+        parent = wake_parent(session=session, job=job)
     if final is not None and waker is not None and channel:
         notify(waker=waker, job_id=job_id)
+    send_woken(waker, [parent] if parent else [])
     return True
 
 
+def wake_parent(*, session: Session, job: Job) -> tuple[int, str] | None:
+    """A child reached a final status: move its waiting parent back to "queued" in the
+    caller's transaction; returns (parent id, queue) to send once committed, or None.
+
+    The parent's row is locked by the UPDATE, so a parent parking at the same moment
+    (chain.park locks its own row first, then reads its children) either sees this child's
+    final status or is woken by this update: never both missed.
+    """
+    if job.parent_id is None:
+        return None
+    res = session.execute(
+        update(Job).where(col(Job.id) == job.parent_id, col(Job.status) == "waiting")
+        .values(status="queued", sends=col(Job.sends) + 1, last_sent_at=utcnow()))
+    if res.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult for an UPDATE
+        return None
+    queue = session.execute(select(col(Job.queue)).where(col(Job.id) == job.parent_id)).scalar()
+    return job.parent_id, str(queue)
+
+
+def send_woken(waker: Waker | None, woken: list[tuple[int, str]]) -> None:
+    """Send the jobs woken in a committed transaction (the reconciler re-sends lost ones)."""
+    if waker is None:
+        return
+    for job_id, queue in woken:
+        try:
+            waker.send_job(job_id, queue)
+        except Exception:
+            log.warning("could not send job %s to the broker; the reconciler will retry", job_id)
+
+
 def request_cancel(*, engine: Engine, job_id: int, waker: Waker | None = None) -> str:
-    """Cancel a queued job now, or ask a running one to stop at its next check; returns status.
+    """Cancel a queued (or waiting) job now, or ask a running one to stop at its next check;
+    returns the status. (Its children: tunebot.jobs.chain.cancel_tree.)
 
     A queued job that never ran gets its final message here, so its thread says it ended.
     """
@@ -288,17 +327,23 @@ def request_cancel(*, engine: Engine, job_id: int, waker: Waker | None = None) -
         job = session.get(Job, job_id)
         if job is None:
             raise LookupError(job_id)
-        ended = job.status == "queued"
+        ended = job.status in ("queued", "waiting")
+        parent = None
         if ended:
+            started = job.status == "waiting" or job.attempt > 0
             set_status(job, "cancelled")
-            job.error = "cancelled before it started"
+            job.error = "cancelled on request" if started else "cancelled before it started"
             line = f"⏹ {job.title or job.kind} · #{job.id} · cancelled"
             add_event(session=session, job=job, kind="final",
                       reply=Reply(text=f"{line}: {job.error}", status=line))
+            session.add(job)
+            session.flush()
+            parent = wake_parent(session=session, job=job)
         elif job.status == "running":
             job.cancel_requested = True
         session.add(job)
         status, channel = job.status, job.channel
     if ended and waker is not None and channel:
         notify(waker=waker, job_id=job_id)
+    send_woken(waker, [parent] if parent else [])
     return status
