@@ -173,6 +173,12 @@ SPECS: dict[tuple[str, str], Spec] = {
     ("compare", "name"): Spec("/compare NAME on DATASET [hybrid] [traffic=N/day]",
                               ("NAME", "on", "DATASET"), {"traffic": Param(str)}, ("hybrid",),
                               job=True),
+    # The whole fight (tunebot/handlers/compare.py): it may fine-tune, hence the policy.
+    ("compare", "fair"): Spec(
+        "/compare REF on DATASET fair [model=M] [budget=N] [traffic=N/day]",
+        ("REF", "on", "DATASET"),
+        {"traffic": Param(str), "model": Param(str), "budget": Param(int, 4, 200)}, ("fair",),
+        job=True, policy="finetune"),
     # Setting a watch makes jobs on its schedule (job=True: a resent request finds the same
     # watch); `list` and `stop` are subcommands, never prompt names, after /watch.
     ("watch", "set"): Spec(
@@ -277,7 +283,7 @@ def parse(text: str, family: str | None = None) -> Command:
         raise UserError("start with one of: " + ", ".join(f"/{f}" for f in FAMILIES),
                         "/tunebot help")
     if family == "compare":
-        action = "vs" if "vs" in toks else "name"
+        action = "vs" if "vs" in toks else "fair" if "fair" in toks else "name"
     elif family == "watch" and toks and toks[0].lower() not in WATCH_ACTIONS:
         action = "set"  # /watch REF on DATASET every=…
     else:

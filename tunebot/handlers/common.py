@@ -37,8 +37,9 @@ class Routes:
 
 
 def submit_job(cmd: Command | None, actor: Actor, app: Core, *, kind: str,
-               params: dict[str, Any], title: str) -> Outcome:
-    """Create (or find, for a repeated request) the job a command stands for."""
+               params: dict[str, Any], title: str, parent_id: int | None = None) -> Outcome:
+    """Create (or find, for a repeated request) the job a command stands for; with
+    `parent_id`, a stage of that job (tunebot/jobs/chain.py: no quota of its own)."""
     def announce(job: Job) -> Reply:
         line = f"{title} · #{job.id} · queued"
         return Reply(text=line, status=line)
@@ -50,6 +51,7 @@ def submit_job(cmd: Command | None, actor: Actor, app: Core, *, kind: str,
         idempotency_key=actor.idempotency_key, active_key=actor.active_key,
         max_attempts=app.settings.max_attempts,
         max_active_per_user=app.settings.max_jobs_per_user, announce=announce,
+        parent_id=parent_id,
     )
     job = sub.job
     verb = "Queued" if sub.created else "Already have"

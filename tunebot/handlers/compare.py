@@ -1,15 +1,18 @@
-"""/compare: a prompt on the base model vs a fine-tuned model (vs both), on the same cases."""
+"""/compare: a prompt on the base model vs a fine-tuned model (vs both), on the same cases;
+/compare REF on DATASET fair: the whole fight, each side at its best (a chain of jobs)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from tunebot import datasets, registry
+from tunebot import catalog, datasets, registry
 from tunebot.commands import Command, Ref
 from tunebot.core import Actor, Core, Outcome
+from tunebot.db import session_scope
 from tunebot.errors import UserError
 from tunebot.handlers.common import Routes, check_model, pin, submit_job
+from tunebot.handlers.optimize import DEFAULT_BUDGET
 
 ROUTES = Routes()
 
@@ -58,3 +61,38 @@ def compare(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome
               "traffic": parse_traffic(cmd.params.get("traffic"), usage)}
     title = f"📊 {prompt['name']}@{prompt['version']} vs {model} on {ds.name}"
     return submit_job(cmd, actor, app, kind="compare", params=params, title=title)
+
+
+@ROUTES("compare", "fair")
+def compare_fair(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
+    """Queue the fair fight: REF, its best optimised version, the auto fine-tune and both.
+
+    A parent job (workers/runners/fair.py) whose optimize and fine-tune stages run as child
+    jobs, each reused when a finished one has the same key.
+    """
+    usage = cmd.spec.usage
+    ref: Ref = cmd.args["ref"]
+    prompt = pin(app, actor, ref)
+    model = check_model(app, actor, cmd.params.get("model") or prompt["model"], usage)
+    if model.startswith(("ft:", "openai:")):
+        raise UserError(f"model must be a base model the fair fight can fine-tune, such as "
+                        f"smollm2 (got {model[:60]})", usage)
+    ds = datasets.get_dataset(engine=app.engine, team_id=actor.team_id,
+                              name=cmd.args["dataset"])
+    with session_scope(app.engine) as session:
+        train = (catalog.get_prompt(session=session, team_id=actor.team_id,
+                                    name=ref.name).datasets or {}).get("train")
+    if not train:
+        raise UserError(f"prompt {ref.name} names no training set (datasets.train), which the "
+                        "fine-tune and the optimizer's development split come from; add one "
+                        "with /prompt edit", usage)
+    if train == ds.name:
+        raise UserError(f"{ds.name} is {ref.name}'s training set: compare on held-out cases "
+                        "(its eval set)", usage)
+    tr = datasets.get_dataset(engine=app.engine, team_id=actor.team_id, name=train)
+    params = {"prompt": prompt, "model": model, "dataset": ds.name,
+              "dataset_version": ds.version, "train": tr.name, "train_version": tr.version,
+              "budget": cmd.params.get("budget") or DEFAULT_BUDGET,
+              "traffic": parse_traffic(cmd.params.get("traffic"), usage)}
+    title = f"🥊 fair compare {prompt['name']}@{prompt['version']} on {ds.name} · {model}"
+    return submit_job(cmd, actor, app, kind="compare_fair", params=params, title=title)

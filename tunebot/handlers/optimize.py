@@ -84,7 +84,8 @@ def submit_optimize(app: Core, actor: Actor, *, ref: Ref | str, dataset: str,
     source = f"dev from {train}" if train else f"dev split of {ds.name}"
     title = (f"🔧 optimize {start['name']}@{start['version']} on {ds.name} "
              f"({ds.row_count} cases, {source}) · {model}")
-    return submit_job(cmd, actor, app, kind="prompt_optimize", params=params, title=title)
+    return submit_job(cmd, actor, app, kind="prompt_optimize", params=params, title=title,
+                      parent_id=parent_id)
 
 
 @ROUTES("prompt", "optimize")

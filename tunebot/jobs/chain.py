@@ -85,6 +85,17 @@ def stages(*, engine: Engine, parent_id: int) -> dict[str, Job]:
     return {stage_of(c): c for c in children(engine=engine, parent_id=parent_id)}
 
 
+def remember(*, engine: Engine, job_id: int, owner: str, state: dict[str, Any]) -> bool:
+    """Keep a running parent's notes between its runs (what it already said) in its result,
+    while it holds the lease; the final result replaces them."""
+    with session_scope(engine) as session:
+        res = session.execute(update(Job).where(col(Job.id) == job_id,
+                                                col(Job.status) == "running",
+                                                col(Job.lease_owner) == owner)
+                              .values(result=state))
+        return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+
+
 def _active_children(session: Session, parent_id: int) -> int:
     return len(session.scalars(select(col(Job.id)).where(
         col(Job.parent_id) == parent_id, col(Job.status).in_(ACTIVE_STATUSES))).all())

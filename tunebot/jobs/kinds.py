@@ -33,6 +33,9 @@ KINDS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("finetune_estimate", "inference", ("finetune", "estimate"),
             "workers.runners.data_check:DataCheckRunner"),
     JobKind("compare", "inference", ("compare", "vs"), "workers.runners.compare:CompareRunner"),
+    # A parent (tunebot/jobs/chain.py): its optimize and fine-tune stages are child jobs.
+    JobKind("compare_fair", "inference", ("compare", "fair"),
+            "workers.runners.fair:FairRunner"),
     JobKind("finetune", "gpu", ("finetune", "start"), "workers.runners.finetune:FinetuneRunner"),
     JobKind("prompt_optimize", "inference", ("prompt", "optimize"),
             "workers.runners.optimize:OptimizeRunner"),
