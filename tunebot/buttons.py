@@ -87,7 +87,9 @@ def _rerun(job: Job, actor: Actor, app: Core, resolve_groups: GroupResolver | No
     if resolve_groups is not None:
         actor = resolve_groups(actor, family, action)
     check_policy(family, action, actor, app.settings)
-    out = submit_job(None, actor, app, kind=job.kind, params=dict(job.params or {}),
+    # A re-run measures again; it never replays the label move a gate queued behind the job.
+    params = {k: v for k, v in (job.params or {}).items() if k != "promote"}
+    out = submit_job(None, actor, app, kind=job.kind, params=params,
                      title=job.title or job.kind)
     new = out.job
     assert new is not None

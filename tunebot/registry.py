@@ -10,9 +10,13 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
+from tunebot.catalog.store import ANY_HOLDER, LabelMove, move_label
+from tunebot.commands import LABEL_RE
 from tunebot.db import session_scope
-from tunebot.errors import NotFound
-from tunebot.models import Label, LabelHistory, ModelVersion, utcnow
+from tunebot.errors import NotFound, UserError
+from tunebot.models import Label, LabelHistory, ModelVersion
+
+KIND = "model"  # labels.kind and label_history.kind of model labels
 
 
 def resolve_model(*, engine: Engine, team_id: str, name: str, version: int | None = None,
@@ -73,19 +77,36 @@ def list_models(*, engine: Engine, team_id: str) -> list[ModelVersion]:
 
 
 def set_model_label(*, engine: Engine, team_id: str, name: str, version: int, label: str,
-                    user: str) -> int | None:
-    """Point a model label at a version (recording the move); returns the previous version."""
+                    user: str, expect: int | None = ANY_HOLDER, reason: str = "",
+                    forced: bool = False, evidence: dict[str, Any] | None = None) -> LabelMove:
+    """Point a model label at a version, recording who, from where and why; with `expect`
+    a compare-and-set (LabelMoved when the holder changed since it was compared)."""
+    if not LABEL_RE.match(label):
+        raise UserError(f"`{label[:40]}` is not a valid label", "/model label NAME@V LABEL")
     resolve_model(engine=engine, team_id=team_id, name=name, version=version)
     with session_scope(engine) as session:
-        row = session.execute(select(Label).where(
-            col(Label.team_id) == team_id, col(Label.kind) == "model", col(Label.name) == name,
-            col(Label.label) == label)).scalar_one_or_none()
-        previous = row.version if row else None
-        if row is None:
-            row = Label(team_id=team_id, kind="model", name=name, label=label, version=version,
-                        updated_by=user)
-        row.version, row.updated_by, row.updated_at = version, user, utcnow()
-        session.add(row)
-        session.add(LabelHistory(team_id=team_id, kind="model", name=name, label=label,
-                                 from_version=previous, to_version=version, moved_by=user))
-        return previous
+        return move_label(session=session, team_id=team_id, kind=KIND, name=name, label=label,
+                          version=version, user=user, expect=expect, reason=reason,
+                          forced=forced, evidence=evidence, shown=f"ft:{name}",
+                          again=f"/model label {name}@{version} {label}")
+
+
+def model_labels(*, engine: Engine, team_id: str, name: str) -> dict[str, int]:
+    """A model's labels and the versions they point at."""
+    with session_scope(engine) as session:
+        return {r.label: r.version for r in session.scalars(select(Label).where(
+            col(Label.team_id) == team_id, col(Label.kind) == KIND, col(Label.name) == name,
+        ).order_by(col(Label.label)))}
+
+
+def label_history(*, engine: Engine, team_id: str, name: str,
+                  limit: int = 20) -> list[LabelHistory]:
+    """A model's newest label moves (newest first): who, when, from, to and why."""
+    with session_scope(engine) as session:
+        rows = list(session.scalars(select(LabelHistory).where(
+            col(LabelHistory.team_id) == team_id, col(LabelHistory.kind) == KIND,
+            col(LabelHistory.name) == name,
+        ).order_by(col(LabelHistory.moved_at).desc(), col(LabelHistory.id).desc())
+            .limit(limit)))
+        session.expunge_all()
+        return rows

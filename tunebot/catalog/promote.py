@@ -1,10 +1,13 @@
-"""The production gate for prompt labels: a protected label (TUNEBOT_PROTECTED_LABELS) moves
-on evidence — a paired comparison of the candidate with the label's current holder on the
+"""The production gate for prompt and model labels: a protected label (TUNEBOT_PROTECTED_LABELS)
+moves on evidence — a paired comparison of the candidate with the label's current holder on the
 prompt's eval set, on the same model — decided by the team's rule (tunebot.promotion).
 
-Evidence is reused when its key matches (workspace, both versions, the dataset version — its
-content — and the model; the scorer is part of the versions); otherwise the comparison is
-queued as a job whose params carry the pending move, and the worker applies the move when the
+Prompts compare two versions on one model (`prompt_compare`); models compare two adapters on
+one base model under the prompt the candidate was trained for, each rendered with its own
+template (`model_compare`, the same runner). Evidence is reused when its key matches
+(workspace, both versions, the dataset version — its content — the model and, through the
+pinned prompt version, the scorer); otherwise the comparison is queued as a job whose params
+carry the pending move (`kind` "prompt" or "model"), and the worker applies the move when the
 job finishes, as a compare-and-set on the holder it measured. An admin may force a move with a
 reason; every move records why, in label_history.
 """
@@ -15,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from tunebot import jobs
+from tunebot import jobs, registry
 from tunebot.catalog.store import set_label
 from tunebot.commands import Ref
 from tunebot.db import session_scope
@@ -27,32 +30,56 @@ from tunebot.settings import Settings
 SCAN_JOBS = 500  # how many recent jobs are searched for reusable evidence
 
 
-def _same(job: Job, kind: str, ids: list[int], dataset: str, dataset_version: int,
-          model: str) -> bool:
+def _same(job: Job, kind: str, keys: list[dict[str, Any]], dataset: str,
+          dataset_version: int, model: str, finished: bool = True) -> bool:
     p = job.params or {}
-    return (job.kind == kind and job.status == "succeeded"
-            and [c.get("version_id") for c in p.get("candidates", [])] == ids
+    cands = p.get("candidates", [])
+    state = (job.status == "succeeded" and bool(job.result)) if finished else \
+        job.status in ("queued", "running")
+    return (job.kind == kind and state and len(cands) == len(keys)
+            and all(all(c.get(k) == v for k, v in key.items())
+                    for c, key in zip(cands, keys, strict=False))
             and p.get("dataset") == dataset and p.get("dataset_version") == dataset_version
-            and p.get("model") == model and bool(job.result))
+            and p.get("model") == model)
+
+
+def _newest(engine: Engine, team_id: str, kind: str, keys: list[dict[str, Any]],
+            dataset: str, dataset_version: int, model: str,
+            finished: bool = True) -> Job | None:
+    for job in jobs.list_jobs(engine=engine, team_id=team_id, kinds=(kind,), limit=SCAN_JOBS):
+        if _same(job, kind, keys, dataset, dataset_version, model, finished):
+            return job
+    return None
 
 
 def find_evidence(*, engine: Engine, team_id: str, holder_id: int, candidate_id: int,
                   dataset: str, dataset_version: int, model: str) -> Job | None:
     """The newest finished comparison of holder (first) with candidate on these cases."""
-    for job in jobs.list_jobs(engine=engine, team_id=team_id, kinds=("prompt_compare",),
-                              limit=SCAN_JOBS):
-        if _same(job, "prompt_compare", [holder_id, candidate_id], dataset, dataset_version,
-                 model):
-            return job
-    return None
+    return _newest(engine, team_id, "prompt_compare",
+                   [{"version_id": holder_id}, {"version_id": candidate_id}], dataset,
+                   dataset_version, model)
+
+
+def find_model_evidence(*, engine: Engine, team_id: str, holder: dict[str, Any],
+                        candidate: dict[str, Any], dataset: str, dataset_version: int,
+                        base_model: str, finished: bool = True) -> Job | None:
+    """The newest finished comparison of two adapters (holder first) on these cases: the same
+    model versions, under the same pinned prompt version (its scorer), on the same base
+    (finished=False: one still queued or running, so a repeated ask queues no twin)."""
+    keys = [{k: c.get(k) for k in ("version_id", "model_version_id")}
+            for c in (holder, candidate)]
+    return _newest(engine, team_id, "model_compare", keys, dataset, dataset_version,
+                   base_model, finished)
 
 
 def find_test(*, engine: Engine, team_id: str, candidate_id: int, dataset: str,
-              dataset_version: int, model: str) -> Job | None:
-    """The newest finished prompt test of the candidate on these cases."""
+              dataset_version: int, model: str, template: str | None = None) -> Job | None:
+    """The newest finished prompt test of the candidate on these cases (for an adapter,
+    model is ft:NAME@V and template the one it was trained with)."""
     for job in jobs.list_jobs(engine=engine, team_id=team_id, kinds=("prompt_test",),
                               limit=SCAN_JOBS):
-        if _same(job, "prompt_test", [candidate_id], dataset, dataset_version, model):
+        if _same(job, "prompt_test", [{"version_id": candidate_id}], dataset,
+                 dataset_version, model) and (job.params or {}).get("template") == template:
             return job
     return None
 
@@ -80,19 +107,28 @@ def evidence_record(ev: Evidence, decision: Decision, rule: str) -> dict[str, An
 
 def move(*, engine: Engine, team_id: str, name: str, label: str, version: int, user: str,
          expect: int | None, reason: str, evidence: dict[str, Any] | None,
-         forced: bool = False) -> str:
-    """Compare-and-set the label; the line that says what happened."""
+         forced: bool = False, kind: str = "prompt") -> str:
+    """Compare-and-set the label of a prompt or (kind "model") a model; the line that says
+    what happened."""
+    shown = f"ft:{name}" if kind == "model" else name
     try:
-        with session_scope(engine) as session:
-            done = set_label(session=session, team_id=team_id,
-                             ref=Ref(name, version=version), label=label, user=user,
-                             expect=expect, reason=reason, forced=forced, evidence=evidence)
+        if kind == "model":
+            done = registry.set_model_label(engine=engine, team_id=team_id, name=name,
+                                            version=version, label=label, user=user,
+                                            expect=expect, reason=reason, forced=forced,
+                                            evidence=evidence)
+        else:
+            with session_scope(engine) as session:
+                done = set_label(session=session, team_id=team_id,
+                                 ref=Ref(name, version=version), label=label, user=user,
+                                 expect=expect, reason=reason, forced=forced,
+                                 evidence=evidence)
     except UserError as exc:
         return f"{label} did not move: {exc}"
     if not done.moved:
-        return f"{name}:{label} already points at v{version}."
+        return f"{shown}:{label} already points at v{version}."
     was = f"v{done.from_version}" if done.from_version else "unset"
-    return f"{name}:{label} → v{version} (was {was}): {reason}"
+    return f"{shown}:{label} → v{version} (was {was}): {reason}"
 
 
 def after_job(*, engine: Engine, settings: Settings, team_id: str, params: dict[str, Any],
@@ -100,10 +136,12 @@ def after_job(*, engine: Engine, settings: Settings, team_id: str, params: dict[
     """Apply a move a command queued behind this comparison (or first test); the thread line."""
     pending = params["promote"]
     name, label = pending["name"], pending["label"]
+    kind = str(pending.get("kind") or "prompt")
+    shown = f"ft:{name}" if kind == "model" else name
     if pending.get("first"):
         acc = float(result["summaries"][-1]["accuracy"])
         decision = decide_first(acc, float(pending.get("min", 0.0)),
-                                what=f"{name}@{pending['to']}")
+                                what=f"{shown}@{pending['to']}")
         record = {"job": job_id, "first": True, "accuracy": acc}
     else:
         ev = evidence_of(result, job_id)
@@ -112,8 +150,9 @@ def after_job(*, engine: Engine, settings: Settings, team_id: str, params: dict[
         record = evidence_record(ev, decision, rule)
     if not decision.allowed:
         stays = f"v{pending['expect']}" if pending.get("expect") else "unset"
-        return f"{name}:{label} stays {'on ' if pending.get('expect') else ''}{stays} — " \
+        return f"{shown}:{label} stays {'on ' if pending.get('expect') else ''}{stays} — " \
                f"{decision.reason}"
     return move(engine=engine, team_id=team_id, name=name, label=label,
                 version=int(pending["to"]), user=str(pending["actor"]),
-                expect=pending.get("expect"), reason=decision.reason, evidence=record)
+                expect=pending.get("expect"), reason=decision.reason, evidence=record,
+                kind=kind)

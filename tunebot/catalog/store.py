@@ -241,30 +241,45 @@ def set_label(*, session: Session, team_id: str, ref: Ref | str, label: str,
         raise UserError(f"`{label[:40]}` is not a valid label", "/prompt label REF LABEL")
     version = resolve(session=session, team_id=team_id, ref=ref)
     name = ref.name if isinstance(ref, Ref) else parse_ref(ref, "/prompt label REF LABEL").name
+    return move_label(session=session, team_id=team_id, kind=KIND, name=name, label=label,
+                      version=version.version, user=user, expect=expect, reason=reason,
+                      forced=forced, evidence=evidence,
+                      again=f"/prompt label {name}@{version.version} {label}")
+
+
+def move_label(*, session: Session, team_id: str, kind: str, name: str, label: str,
+               version: int, user: str, expect: int | None = ANY_HOLDER, reason: str = "",
+               forced: bool = False, evidence: dict[str, Any] | None = None,
+               again: str = "", shown: str = "") -> LabelMove:
+    """Move a prompt's or a model's label (kind) to an existing version, recording why.
+
+    The one writer of labels and label_history for both kinds; `expect` makes it a
+    compare-and-set (LabelMoved names it as `shown`, e.g. ft:NAME, and ends with `again`,
+    the command to ask again)."""
     row = session.execute(select(Label).where(
-        col(Label.team_id) == team_id, col(Label.kind) == KIND, col(Label.name) == name,
+        col(Label.team_id) == team_id, col(Label.kind) == kind, col(Label.name) == name,
         col(Label.label) == label).with_for_update()).scalar_one_or_none()
     before = row.version if row is not None else None
     if expect != ANY_HOLDER and before != expect:
         now = f"v{before}" if before is not None else "unset"
         was = f"v{expect}" if expect is not None else "unset"
-        raise LabelMoved(f"{name}:{label} moved to {now} since it was compared (at {was}); "
-                         f"ask again: /prompt label {name}@{version.version} {label}")
-    if before == version.version:
-        return LabelMove(name, label, version.version, before, False)
+        raise LabelMoved(f"{shown or name}:{label} moved to {now} since it was compared "
+                         f"(at {was}); ask again: {again}")
+    if before == version:
+        return LabelMove(name, label, version, before, False)
     if row is None:
-        row = Label(team_id=team_id, kind=KIND, name=name, label=label,
-                    version=version.version, updated_by=user)
+        row = Label(team_id=team_id, kind=kind, name=name, label=label, version=version,
+                    updated_by=user)
     else:
-        row.version = version.version
+        row.version = version
         row.updated_by = user
         row.updated_at = utcnow()
     session.add(row)
-    session.add(LabelHistory(team_id=team_id, kind=KIND, name=name, label=label,
-                             from_version=before, to_version=version.version, moved_by=user,
+    session.add(LabelHistory(team_id=team_id, kind=kind, name=name, label=label,
+                             from_version=before, to_version=version, moved_by=user,
                              reason=reason[:2000], forced=forced, evidence=evidence))
     session.flush()
-    return LabelMove(name, label, version.version, before, True)
+    return LabelMove(name, label, version, before, True)
 
 
 @dataclass

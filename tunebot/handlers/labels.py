@@ -48,14 +48,14 @@ def label(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
         holder = catalog.labels_of(session=session, team_id=actor.team_id, name=name).get(lab)
         eval_set = (prompt.datasets or {}).get("eval")
     if holder == cand.version:
-        return _say(f"{name}:{lab} already points at v{cand.version}.")
+        return said(f"{name}:{lab} already points at v{cand.version}.")
     if "force" in cmd.flags:
         if not actor.is_admin:
             raise Forbidden(f"only an admin may force {lab} (TUNEBOT_ADMINS)")
         if not reason:
             raise UserError(f'force needs a reason: /prompt label {name}@{cand.version} {lab} '
                             'force reason="why"', cmd.spec.usage)
-        return _say(promote.move(
+        return said(promote.move(
             engine=app.engine, team_id=actor.team_id, name=name, label=lab,
             version=cand.version, user=actor.user_id, expect=holder, forced=True,
             reason=f"forced by {actor.user_id}: {reason}", evidence=None))
@@ -77,32 +77,34 @@ def label(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
                                  candidate_id=cand.id or 0, dataset=ds.name,
                                  dataset_version=ds.version, model=model)
         if test is not None:
-            return _say(promote.after_job(engine=app.engine, settings=app.settings,
+            return said(promote.after_job(engine=app.engine, settings=app.settings,
                                           team_id=actor.team_id, params=params,
                                           result=test.result or {}, job_id=test.id))
         title = f"🏷 {name}@{cand.version} for {lab}: prompt test on {ds.name} · {model}"
-        return _queued(submit_job(cmd, actor, app, kind="prompt_test", params=params,
-                                  title=title), f"{name}:{lab} is unset; testing "
-                       f"{name}@{cand.version} on {ds.name} first")
+        return queued_move(submit_job(cmd, actor, app, kind="prompt_test", params=params,
+                                      title=title), f"{name}:{lab} is unset; testing "
+                           f"{name}@{cand.version} on {ds.name} first")
     found = promote.find_evidence(engine=app.engine, team_id=actor.team_id,
                                   holder_id=pinned[0]["version_id"], candidate_id=cand.id or 0,
                                   dataset=ds.name, dataset_version=ds.version, model=model)
     if found is not None:
-        return _say(promote.after_job(engine=app.engine, settings=app.settings,
+        return said(promote.after_job(engine=app.engine, settings=app.settings,
                                       team_id=actor.team_id, params=params,
                                       result=found.result or {}, job_id=found.id))
     title = (f"🏷 {name}@{cand.version} vs {name}@{holder} ({lab}) on {ds.name} · {model}")
-    return _queued(submit_job(cmd, actor, app, kind="prompt_compare", params=params,
-                              title=title),
-                   f"{name}:{lab} stays on v{holder} for now: comparing {name}@{cand.version} "
-                   f"with it on {ds.name} ({model})")
+    return queued_move(submit_job(cmd, actor, app, kind="prompt_compare", params=params,
+                                  title=title),
+                       f"{name}:{lab} stays on v{holder} for now: comparing "
+                       f"{name}@{cand.version} with it on {ds.name} ({model})")
 
 
-def _say(text: str) -> Outcome:
+def said(text: str) -> Outcome:
+    """A one-line answer (the gate's verdict or a move)."""
     return Outcome(Reply(text=text, blocks=[section(text)]))
 
 
-def _queued(out: Outcome, what: str) -> Outcome:
+def queued_move(out: Outcome, what: str) -> Outcome:
+    """The answer to a move queued behind its measurement (/prompt label, /model label)."""
     job = out.job
     assert job is not None
     text = (f"{what} — job #{job.id}; the label moves when it finishes, if the team's rule "
@@ -118,6 +120,6 @@ def _plain_label(app: Core, actor: Actor, ref: Ref, lab: str) -> Outcome:
     except IntegrityError:
         raise UserError("someone moved that label at the same moment; try again") from None
     if not move.moved:
-        return _say(f"{move.name}:{move.label} already points at v{move.to_version}.")
+        return said(f"{move.name}:{move.label} already points at v{move.to_version}.")
     was = f" (was v{move.from_version})" if move.from_version else " (new label)"
-    return _say(f"{move.name}:{move.label} → v{move.to_version}{was}.")
+    return said(f"{move.name}:{move.label} → v{move.to_version}{was}.")

@@ -55,28 +55,39 @@ class PromptTestRunner:
         self.p = ctx.job.params
 
     def run(self) -> dict[str, Any]:
-        """Test each candidate, post summaries (and the paired verdict for a compare)."""
+        """Test each candidate, post summaries (and the paired verdict for a compare).
+
+        A candidate may name its own adapter and template (`model_compare`: two adapters under
+        one prompt version, each rendered the way it was trained); the rest share the job's."""
         ctx, p = self.ctx, self.p
         rows = load_rows(ctx, p["dataset"], p["dataset_version"])
-        versions = [load_version(ctx, c["version_id"]) for c in p["candidates"]]
-        names = [f"{c['name']}@{c['version']}" for c in p["candidates"]]
+        cands = p["candidates"]
+        versions = [load_version(ctx, c["version_id"]) for c in cands]
+        names = [c.get("label") or f"{c['name']}@{c['version']}" for c in cands]
         for v, name in zip(versions, names, strict=True):
             check_rows(rows, v, name)
-        ctx.say(f"Loading {p['model']} …")
-        backend = backend_for(p["model"], ctx.settings,
-                              resolve_ft=registry.ft_resolver(ctx.engine, ctx.job.team_id))
+        # (a pinned prompt's own "model" is its default, not this job's: the job's model= wins)
+        models = [c.get("adapter") or p["model"] for c in cands]
+        templates = [c.get("template", p.get("template")) for c in cands]
+        resolve = registry.ft_resolver(ctx.engine, ctx.job.team_id)
         samples = int(p.get("samples") or 1)
         total = len(rows) * samples * len(versions)
         ctx.say(f"Running {len(rows)} cases × {samples} sample(s) × {len(versions)} "
                 f"version(s) on {p['model']}.")
-        template = p.get("template")
-        if template:
-            how = ("as the adapter was trained" if p.get("template_source") == "adapter"
-                   else "as asked")
-            ctx.say(f"Rendering with template={template} ({TEMPLATES[template]}), {how}; "
-                    "template=minimal|full tests the other way.")
         runs: list[CandidateRun] = []
-        for v, name in zip(versions, names, strict=True):
+        for i, (v, name) in enumerate(zip(versions, names, strict=True)):
+            if i == 0 or models[i] != models[i - 1]:
+                ctx.say(f"Loading {models[i]} …")
+                backend = backend_for(models[i], ctx.settings, resolve_ft=resolve)
+            template = templates[i]
+            if "template" in cands[i]:  # an adapter of a model comparison: its own format
+                ctx.say(f"Rendering {name} with template={template} ({TEMPLATES[template]}), "
+                        "as the adapter was trained.")
+            elif template and i == 0:
+                how = ("as the adapter was trained" if p.get("template_source") == "adapter"
+                       else "as asked")
+                ctx.say(f"Rendering with template={template} ({TEMPLATES[template]}), {how}; "
+                        "template=minimal|full tests the other way.")
             gen = gen_params(v.content, temperature=p.get("temperature"),
                              max_tokens=p.get("max_tokens"))
             content = rendered_as(v.content, rows, template)
@@ -92,7 +103,7 @@ class PromptTestRunner:
                         tokens_in=s["tokens_in"], tokens_out=s["tokens_out"])
             ctx.say(report.summary_reply(runs[i], s))
         result: dict[str, Any] = {"summaries": summaries, "model": p["model"],
-                                  "dataset": p["dataset"], "template": template}
+                                  "dataset": p["dataset"], "template": p.get("template")}
         if len(runs) == 2:
             res = report.paired(runs[0], runs[1])
             ctx.say(report.paired_reply(runs[0], runs[1], res))
