@@ -166,7 +166,9 @@ SPECS: dict[tuple[str, str], Spec] = {
     ("finetune", "cancel"): Spec("/finetune cancel JOB", ("JOB",)),
     ("model", "list"): Spec("/model list"),
     ("model", "show"): Spec("/model show NAME", ("NAME",)),
-    ("model", "label"): Spec("/model label NAME@V LABEL", ("REF", "LABEL"), policy="admin"),
+    # A protected label moves through the production gate (queues a model_compare job).
+    ("model", "label"): Spec("/model label NAME@V LABEL", ("REF", "LABEL"),
+                             {"reason": Param(str)}, ("force",), job=True, policy="admin"),
     ("compare", "vs"): Spec(
         "/compare REF vs M on DATASET [hybrid] [traffic=N/day]",
         ("REF", "vs", "M", "on", "DATASET"), {"traffic": Param(str)}, ("hybrid",), job=True),

@@ -28,6 +28,9 @@ KINDS: dict[str, JobKind] = {k.name: k for k in (
             "workers.runners.prompt_test:PromptTestRunner"),
     JobKind("prompt_compare", "inference", ("prompt", "compare"),
             "workers.runners.prompt_test:PromptTestRunner"),
+    # The production gate for model labels: two adapters paired under one prompt version.
+    JobKind("model_compare", "inference", ("model", "label"),
+            "workers.runners.prompt_test:PromptTestRunner"),
     JobKind("data_check", "inference", ("dataset", "check"),
             "workers.runners.data_check:DataCheckRunner"),
     JobKind("finetune_estimate", "inference", ("finetune", "estimate"),
