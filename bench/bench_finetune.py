@@ -20,7 +20,9 @@ variants (machine noise hits all alike), and speed is the median over rounds of 
 second from the start of the training loop to the end of its last optimizer step (model
 loading, tokenisation and saving excluded for all). The held-out score is greedy accuracy on
 32 `sentiment-eval` rows, taken after the first round. trl is a bench-only dependency
-(`pip install trl`).
+(`pip install trl`). Training memory (CPU): each process's RSS sampled every 5 ms; the peak
+increase between the start of the training loop and its last step over the RSS at its start
+(`training_peak_increase_bytes_all`, per round), beside the whole-process peak.
 """
 
 from __future__ import annotations
@@ -194,9 +196,50 @@ def score(model: Any, tok: Any, rows: list[dict[str, Any]], device: str) -> floa
     return hits / len(rows)
 
 
+class _RssSampler:
+    """This process's resident set size every few ms, in a thread (training memory, issue #20).
+
+    ru_maxrss is the whole process's peak, loading included; the training figure is the peak
+    between the start of the training loop and its last step, less the RSS at its start (the
+    model loaded, the data ready).
+    """
+
+    def __init__(self, every_s: float = 0.005) -> None:
+        import threading
+
+        self.samples: list[tuple[float, int]] = []
+        self.every_s = every_s
+        self._stop = threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self._page
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter(), self.rss()))
+            self._stop.wait(self.every_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def training_increase(self, start: float, end: float) -> tuple[int, int]:
+        """(RSS at the start of training, peak RSS increase over it up to the last step)."""
+        before = [r for t, r in self.samples if t <= start]
+        during = [r for t, r in self.samples if start <= t <= end]
+        base = before[-1] if before else (during[0] if during else 0)
+        return base, max([0, *(r - base for r in during)])
+
+
 def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one way (or only score the base model) and measure it."""
     torch = _setup_torch(spec)
+    sampler = _RssSampler() if spec["device"] != "cuda" and os.path.exists("/proc/self/statm") \
+        else None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from workers.training.collate import encode_all
@@ -230,6 +273,12 @@ def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
         result["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
     else:
         result["peak_memory_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if sampler is not None:
+        sampler.stop()
+        if variant != "base" and clock.start is not None and clock.last is not None:
+            base_rss, increase = sampler.training_increase(clock.start, clock.last)
+            result["rss_at_training_start_bytes"] = base_rss
+            result["training_peak_increase_bytes"] = increase
     if spec["score"]:
         result["heldout_accuracy"] = score(model, tok, spec["eval"], device)
     return result
@@ -285,6 +334,8 @@ def bench(*, quick: bool, device: str, threads: int, rounds: int,
             "supervised_tokens_per_s": statistics.median(x["supervised_tokens_per_s"]
                                                          for x in rs),
             "peak_memory_bytes": max(x["peak_memory_bytes"] for x in rs),
+            "training_peak_increase_bytes_all": [x.get("training_peak_increase_bytes")
+                                                 for x in rs],
             "heldout_accuracy": rs[0]["heldout_accuracy"], "steps": rs[0]["steps"]}
     ours = summary["tunebot"]["examples_per_s"]
     speedups = {f"vs_{v}": ours / s["examples_per_s"] for v, s in summary.items()

@@ -181,7 +181,8 @@ def summary(times: list[float], cpu: list[float], n: int) -> dict[str, float]:
     """min/median/max seconds, cases per second at the median, median process CPU seconds."""
     med = statistics.median(times)
     return {"min_s": round(min(times), 2), "median_s": round(med, 2),
-            "max_s": round(max(times), 2), "cases_per_s": round(n / med, 2),
+            "max_s": round(max(times), 2), "seconds_per_repeat": [round(t, 3) for t in times],
+            "cases_per_s": round(n / med, 2),
             "cpu_median_s": round(statistics.median(cpu), 2)}
 
 

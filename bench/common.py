@@ -54,10 +54,63 @@ def commit() -> str:
                    else "")
 
 
+# The CPU flags that decide which kernels run (fp32 FMA width, bf16/int8 paths).
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
+             "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16",
+             "amx_int8", "asimd", "sve", "bf16", "i8mm")
+LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "celery", "slack-bolt",
+             "llama-cpp-python", "gguf")
+
+
+def cpu_info() -> dict[str, object]:
+    """CPU model, its ISA flags that matter here, and the core count, from /proc/cpuinfo."""
+    model, flags = platform.processor() or platform.machine(), set[str]()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model in ("", platform.machine()):
+            model = value.strip()
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    return {"cpu_model": model, "cpu_flags": [f for f in ISA_FLAGS if f in flags],
+            "cores": os.cpu_count()}
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of the libraries whose speed is measured (None: not installed).
+
+    llama.cpp's server version is in the llama.cpp benchmark's own JSON (`llama_server`).
+    """
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    peers = Path(__file__).resolve().parent.parent / "var" / "peers" / "VERSION.json"
+    if peers.is_file():
+        import json
+
+        try:
+            info = json.loads(peers.read_text())
+            out["llama.cpp"] = " ".join([str(info.get("sdist", "")),
+                                         *map(str, info.get("llama_server_version", []))])
+        except ValueError:
+            pass
+    return out
+
+
 def host() -> dict[str, object]:
-    """A short description of where this ran."""
+    """Where and on what this ran: commit, CPU model and flags, cores, versions, load average."""
     return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "commit": commit(),
+            **cpu_info(), "python": platform.python_version(), "commit": commit(),
+            "versions": library_versions(), "load_average": load_average(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

@@ -22,6 +22,7 @@ BENCHES = {
     "queue": "bench.bench_queue",
     "scaling": "bench.bench_scaling",
     "inference": "bench.bench_inference",
+    "llamacpp": "bench.bench_llamacpp",
     "finetune": "bench.bench_finetune",
     "datacheck": "bench.bench_datacheck",
 }
@@ -33,9 +34,12 @@ EXTRA_QUICK = {"inference": ["--repeats", "1"]}
 
 
 def machine() -> dict[str, object]:
-    """What ran the benchmarks."""
+    """What ran the benchmarks: CPU model and ISA flags, cores, library versions."""
+    from bench.common import cpu_info, library_versions
+
     info: dict[str, object] = {"python": platform.python_version(), "platform": platform.platform(),
-                               "cpus": os.cpu_count(), "processor": platform.processor()}
+                               "cpus": os.cpu_count(), "processor": platform.processor(),
+                               **cpu_info(), "versions": library_versions()}
     try:
         import torch
 
@@ -84,12 +88,72 @@ def main(argv: list[str] | None = None) -> int:
         results[name + "_seconds"] = round(time.monotonic() - started, 1)
         failed += proc.returncode != 0
     results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["headline"] = headline(results)
+    results["headline_goals"] = HEADLINE_GOALS
     results["seconds"] = round(sum(v for k, v in results.items() if k.endswith("_seconds")
                                    and isinstance(v, float)), 1)
     args.out.write_text(json.dumps(results, indent=2))
     print(table(results))
     print(f"wrote {args.out}")
     return 1 if failed else 0
+
+
+# Issue #20's goals for each headline ratio (">=" : at least, "<=" : at most).
+HEADLINE_GOALS = {
+    "inference_vs_llamacpp": ">= 3", "inference_vs_naive": ">= 8", "finetune_vs_trl": ">= 3",
+    "finetune_peak_memory_vs_trl": "<= 0.7", "ack_throughput_vs_bolt": ">= 1",
+    "ack_p99_vs_bolt": "<= 1.2", "queue_jobs_per_s_vs_celery": None,
+}
+
+
+def _per_round(pairs: list[tuple[float, float]]) -> dict[str, float] | None:
+    """{median, min, max} of num/den over rounds (None when nothing was measured)."""
+    from bench.common import spread
+
+    ratios = [a / b for a, b in pairs if a and b]
+    return spread(ratios, 3) if ratios else None
+
+
+def headline(results: dict[str, object]) -> dict[str, dict[str, float] | None]:
+    """Issue #20's headline ratios, each {median, min, max} over its rounds (None: not run).
+
+    inference_vs_llamacpp = llama.cpp's best time at equal accuracy / tunebot's;
+    inference_vs_naive = one-at-a-time generate / tunebot as a prompt test runs it;
+    finetune_vs_trl = tunebot examples/s / TRL's best (with or without gradient
+    checkpointing, per round); finetune_peak_memory_vs_trl = tunebot's training peak RSS
+    increase over its RSS at the start of training / the same of that TRL run; ack_* against
+    the bare Bolt app doing the same work when measured (else the bare app), at the headline
+    concurrency; queue_jobs_per_s_vs_celery = tunebot / the bare Celery task, Redis broker.
+    """
+    out: dict[str, dict[str, float] | None] = {}
+    out["inference_vs_llamacpp"] = _get(results, "llamacpp", "ratio_vs_best")  # type: ignore[assignment]
+    naive = _get(results, "inference", "variants", "one_at_a_time", "seconds_per_repeat")
+    ours = _get(results, "inference", "variants", "batched_prefix", "seconds_per_repeat")
+    out["inference_vs_naive"] = (_per_round(list(zip(naive, ours, strict=True)))
+                                 if isinstance(naive, list) and isinstance(ours, list) else None)
+    ft = _get(results, "finetune", "results")
+    out["finetune_vs_trl"] = out["finetune_peak_memory_vs_trl"] = None
+    if isinstance(ft, dict) and "tunebot" in ft and ("trl" in ft or "trl-nogc" in ft):
+        trls = [v for v in ("trl", "trl-nogc") if v in ft]
+        speed, memory = [], []
+        for i, ex in enumerate(ft["tunebot"]["examples_per_s_all"]):
+            best = max(trls, key=lambda v: ft[v]["examples_per_s_all"][i])  # noqa: B023
+            speed.append((ex, ft[best]["examples_per_s_all"][i]))
+            mem_t = (ft["tunebot"].get("training_peak_increase_bytes_all") or [None] * (i + 1))[i]
+            mem_b = (ft[best].get("training_peak_increase_bytes_all") or [None] * (i + 1))[i]
+            if mem_t is not None and mem_b:
+                memory.append((float(mem_t), float(mem_b)))
+        out["finetune_vs_trl"] = _per_round(speed)
+        out["finetune_peak_memory_vs_trl"] = _per_round(memory)
+    ack = results.get("ack")
+    h = None
+    if isinstance(ack, dict):
+        h = _get(ack, "same_work", "ratio") or _get(ack, "headline", "ratio")
+    out["ack_throughput_vs_bolt"] = _get(h, "throughput")  # type: ignore[assignment]
+    out["ack_p99_vs_bolt"] = _get(h, "p99_ms")  # type: ignore[assignment]
+    out["queue_jobs_per_s_vs_celery"] = _get(  # type: ignore[assignment]
+        results, "queue", "brokers", "redis", "ratio", "jobs_per_s")
+    return out
 
 
 def _get(d: object, *path: str) -> object:
@@ -143,6 +207,13 @@ def headlines(results: dict[str, object]) -> list[tuple[str, str, str, str]]:
             base = _get(inf, "variants", "one_at_a_time", "cases_per_s")
             rows.append((f"inference {v}: cases/s", _n(row.get("cases_per_s"), ".2f"),
                          _n(base, ".2f"), _n(row.get("speedup_vs_one_at_a_time"), ".2f") + "x"))
+    lc = results.get("llamacpp")
+    best = _get(lc, "best_equal_accuracy")
+    if isinstance(lc, dict) and isinstance(best, str):
+        rows.append((f"inference vs llama.cpp ({best}): s",
+                     _n(_get(lc, "configs", "tunebot", "seconds", "median"), ".2f"),
+                     _n(_get(lc, "configs", best, "seconds", "median"), ".2f"),
+                     _n(_get(lc, "ratio_vs_best", "median"), ".2f") + "x faster"))
     cw = _get(inf, "cold_warm")
     if isinstance(cw, dict):
         rows.append(("inference: time to first result s (warm vs cold cache)",
@@ -178,6 +249,14 @@ def table(results: dict[str, object]) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
                        enumerate(zip(r, widths, strict=True))) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    head = results.get("headline") or headline(results)
+    if isinstance(head, dict):
+        lines.append("\nheadline (median, min–max over rounds; goal):")
+        for key, v in head.items():
+            goal = HEADLINE_GOALS.get(key) or "—"
+            lines.append(f"  {key:30s} " + (f"{v['median']:.2f}x ({v['min']:.2f}–{v['max']:.2f})"
+                                              if isinstance(v, dict) else "not measured")
+                         + f"  goal {goal}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,105 @@
+"""The benchmark harness itself: the GPU script's CPU path, the headline object, the RSS sampler.
+
+No timed assertions: these check that the scripts run, write what the issue asks for, and
+compute the headline ratios from the right fields.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from bench import run as bench_run
+from bench.bench_finetune import _RssSampler
+from bench.common import cpu_info, host, library_versions
+
+REPO = Path(__file__).resolve().parents[2]
+HEADLINE_KEYS = {"inference_vs_llamacpp", "inference_vs_naive", "finetune_vs_trl",
+                 "finetune_peak_memory_vs_trl", "ack_throughput_vs_bolt", "ack_p99_vs_bolt",
+                 "queue_jobs_per_s_vs_celery"}
+
+
+def test_gpu_sh_runs_on_cpu_quick(tmp_path: Path) -> None:
+    out, device_out = tmp_path / "gpu.json", tmp_path / "out"
+    device_out.mkdir()
+    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu.sh"), "--device", "cpu", "--quick",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=240, env={"PATH": "/usr/bin:/bin", "OUT": str(device_out)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert json.loads((device_out / "gpu.json").read_text()) == r  # the device tool's $OUT
+    assert r["device"] == "cpu" and r["quick"] is True
+    (name, m), = r["models"].items()
+    assert m["layers"] == 2 and m["params"] > 1_000_000
+    inf = m["inference"]
+    assert set(inf["sides"]) == {"tunebot", "hf_generate"}
+    # Greedy on the same fp32 weights: the batched, prefix-cached path answers the same tokens.
+    assert inf["identical_outputs"] == inf["cases"] == 8
+    assert inf["ratio"]["min"] > 0 and inf["sides"]["tunebot"]["new_tokens_per_s"] > 0
+    tr = m["training"]
+    assert set(tr["sides"]) == {"tunebot", "peft_loop"}
+    # Both sides train the same completion-only labels: their mean losses are close.
+    lt, lp = (tr["sides"][k]["mean_loss_last_round"] for k in ("tunebot", "peft_loop"))
+    assert abs(lt - lp) < 0.05 * max(lt, lp), (lt, lp)
+    assert tr["sides"]["tunebot"]["examples_per_s"] > 0
+
+
+def test_headline_from_side_by_side_results() -> None:
+    results = {
+        "llamacpp": {"ratio_vs_best": {"median": 1.6, "min": 1.5, "max": 1.7}},
+        "inference": {"variants": {
+            "one_at_a_time": {"seconds_per_repeat": [20.0, 30.0, 24.0]},
+            "batched_prefix": {"seconds_per_repeat": [4.0, 5.0, 4.0]}}},
+        "finetune": {"results": {
+            "tunebot": {"examples_per_s_all": [6.0, 6.0],
+                        "training_peak_increase_bytes_all": [100, 120]},
+            "trl": {"examples_per_s_all": [2.0, 3.0],
+                    "training_peak_increase_bytes_all": [400, 400]},
+            "trl-nogc": {"examples_per_s_all": [3.0, 2.0],
+                         "training_peak_increase_bytes_all": [200, 300]}}},
+        "ack": {"headline": {"ratio": {"throughput": {"median": 9.0, "min": 9, "max": 9},
+                                       "p99_ms": {"median": 9.0, "min": 9, "max": 9}}},
+                "same_work": {"ratio": {"throughput": {"median": 1.1, "min": 1.0, "max": 1.2},
+                                        "p99_ms": {"median": 0.9, "min": 0.8, "max": 1.0}}}},
+        "queue": {"brokers": {"redis": {"ratio": {"jobs_per_s": {"median": 0.5, "min": 0.4,
+                                                                  "max": 0.6}}}}},
+    }
+    h = bench_run.headline(results)
+    assert set(h) == HEADLINE_KEYS
+    assert h["inference_vs_llamacpp"] == {"median": 1.6, "min": 1.5, "max": 1.7}
+    assert h["inference_vs_naive"] == {"min": 5.0, "median": 6.0, "max": 6.0}
+    # TRL's best per round: round 1 trl-nogc (3.0 ex/s, 200 B), round 2 trl (3.0 ex/s, 400 B).
+    assert h["finetune_vs_trl"] == {"min": 2.0, "median": 2.0, "max": 2.0}
+    assert h["finetune_peak_memory_vs_trl"] == {"min": 0.3, "median": 0.4, "max": 0.5}
+    # Against the bare app doing the same work, not the ack-only one.
+    assert h["ack_throughput_vs_bolt"]["median"] == 1.1
+    assert h["ack_p99_vs_bolt"]["median"] == 0.9
+    assert h["queue_jobs_per_s_vs_celery"]["median"] == 0.5
+    assert bench_run.headline({})["inference_vs_llamacpp"] is None
+    assert "not measured" in bench_run.table({"headline": bench_run.headline({})})
+
+
+def test_rss_sampler_sees_a_training_allocation() -> None:
+    sampler = _RssSampler(every_s=0.002)
+    time.sleep(0.05)
+    start = time.perf_counter()
+    block = bytearray(64 * 2**20)
+    for i in range(0, len(block), 4096):  # touch every page so it is resident
+        block[i] = 1
+    time.sleep(0.05)
+    end = time.perf_counter()
+    del block
+    sampler.stop()
+    base, increase = sampler.training_increase(start, end)
+    assert base > 0
+    assert 48 * 2**20 < increase < 128 * 2**20
+
+
+def test_results_record_machine_and_versions() -> None:
+    info = host()
+    for key in ("commit", "cpu_model", "cpu_flags", "cores", "versions", "load_average"):
+        assert key in info
+    assert cpu_info()["cores"] and isinstance(cpu_info()["cpu_flags"], list)
+    assert library_versions()["torch"]
