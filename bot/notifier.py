@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
+from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -25,12 +27,13 @@ from slack_sdk.http_retry.builtin_handlers import (
     RateLimitErrorRetryHandler,
     ServerErrorRetryHandler,
 )
+from slack_sdk.web import SlackResponse
 from sqlalchemy.engine import Engine
 
 from bot.blocks import escape, fallback_text, images, reply_blocks
 from bot.home import refresh_home_quietly
 from bot.oauth import bot_token_for
-from tunebot import jobs, watches
+from tunebot import jobs, telemetry, watches
 from tunebot.buttons import buttons_for, cancel_button
 from tunebot.jobs import events
 from tunebot.models import Job, JobEvent, utcnow
@@ -141,11 +144,43 @@ class Delivery:
     failed: str | None = None
 
 
+class MeteredWebClient(WebClient):
+    """A WebClient that counts its calls, failures and time per Web API method
+    (tunebot_slack_api_*): every method goes through api_call."""
+
+    def api_call(self, api_method: str, **kwargs: Any) -> SlackResponse:
+        """The Web API call, measured."""
+        method = api_method if METHOD.fullmatch(api_method) else "other"
+        telemetry.SLACK_CALLS.labels(method).inc()
+        started = time.monotonic()
+        try:
+            return super().api_call(api_method, **kwargs)
+        except Exception as exc:
+            telemetry.SLACK_ERRORS.labels(method, classify(exc).kind).inc()
+            raise
+        finally:
+            telemetry.SLACK_SECONDS.labels(method).observe(time.monotonic() - started)
+
+    @classmethod
+    def like(cls, client: WebClient) -> MeteredWebClient:
+        """A metered client with `client`'s token, address and retry handlers (Bolt builds a
+        plain WebClient for each request)."""
+        return cls(token=client.token, base_url=client.base_url, timeout=client.timeout,
+                   ssl=client.ssl, proxy=client.proxy, headers=client.headers,
+                   team_id=client.default_params.get("team_id"), logger=client.logger,
+                   retry_handlers=list(client.retry_handlers or []))
+
+
+# Web API method names (chat.postMessage, files.getUploadURLExternal): anything else is
+# counted as "other", so a label never takes an unbounded value.
+METHOD = re.compile(r"[a-z][A-Za-z]{0,30}(\.[A-Za-z]{1,40}){1,3}")
+
+
 def make_client(settings: Settings, token: str | None = None) -> WebClient:
     """A WebClient at TUNEBOT_SLACK_API_URL that waits out 429s and retries 5xx with backoff."""
     tok = token or (settings.slack_bot_token.get_secret_value() if settings.slack_bot_token
                     else None)
-    client = WebClient(token=tok, base_url=settings.slack_api_url, timeout=30)
+    client = MeteredWebClient(token=tok, base_url=settings.slack_api_url, timeout=30)
     client.retry_handlers.extend([
         RateLimitErrorRetryHandler(max_retry_count=5),
         ServerErrorRetryHandler(max_retry_count=4),
@@ -227,10 +262,12 @@ def deliver_pending(settings: Settings, engine: Engine, job_id: int,
             slack_ts = _deliver_one(settings, engine, client, job, ev)
             events.mark_delivered(engine=engine, event_id=ev.id, slack_ts=slack_ts)
             out.delivered += 1
+            _measure_lag(ev)
             if ev.kind == "final":  # the requester's Home tab shows the new result
                 refresh_home_quietly(client, engine, job.team_id, job.requested_by)
     except Exception as exc:
         failure = classify(exc)
+        telemetry.DELIVERY_FAILURES.labels(failure.kind).inc()
         previous = 0 if out.delivered or job is None else job.delivery_attempts
         attempts = previous + 1  # failures in a row: progress in this run starts over
         if failure.kind == "permanent":
@@ -254,6 +291,16 @@ def deliver_pending(settings: Settings, engine: Engine, job_id: int,
             if kept:
                 out.retry_in = delay
         return out
+
+
+EVENT_KINDS = frozenset({"status", "reply", "final", "alert"})
+
+
+def _measure_lag(ev: JobEvent) -> None:
+    """How long the event waited for Slack (tunebot_delivery_lag_seconds)."""
+    created = ev.created_at if ev.created_at.tzinfo else ev.created_at.replace(tzinfo=UTC)
+    lag = (utcnow() - created).total_seconds()
+    telemetry.DELIVERY_LAG.labels(telemetry.bounded(ev.kind, EVENT_KINDS)).observe(max(lag, 0))
 
 
 def _pause_watch(client: WebClient, engine: Engine, job: Job, error: str) -> None:

@@ -33,6 +33,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "TUNEBOT_FINETUNE_ALLOWED": ",".join(settings.finetune_allowed),
         "TUNEBOT_SLACK_FILE_HOSTS": ",".join(settings.slack_file_hosts),
         "TUNEBOT_LOG_LEVEL": "INFO",
+        "TUNEBOT_METRICS_PORT": str(settings.metrics_port),
+        "TUNEBOT_METRICS_BIND": settings.metrics_bind,
         "PYTHONUNBUFFERED": "1",
     })
     if settings.openai_base_url:

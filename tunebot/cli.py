@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import fcntl
 import importlib
+import importlib.util
 import logging
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from celery import signals
 from sqlalchemy.engine import Engine, make_url
 
 from tunebot import ci as gate
-from tunebot import jobs, migrate
+from tunebot import jobs, migrate, telemetry
 from tunebot.catalog.files import export_dir, import_dir
 from tunebot.commands import parse
 from tunebot.core import Actor, Core, build_core
@@ -28,9 +29,10 @@ from tunebot.dispatch import execute
 from tunebot.errors import UserError
 from tunebot.handlers.common import jobs_table
 from tunebot.jobs.kinds import QUEUES
-from tunebot.jobs.queue import TASK_FOR_QUEUE, Sender, make_celery
+from tunebot.jobs.queue import TASK_FOR_QUEUE, Sender, make_celery, sends_events
 from tunebot.jobs.reconcile import Reconciler, wake_queued
 from tunebot.logs import install_log_filter
+from tunebot.redact import redact_url
 from tunebot.replies import render_text
 from tunebot.settings import Settings, load_settings
 from tunebot.terminal import follow
@@ -211,6 +213,8 @@ def worker(
         # its own worker process, started and stopped with this one.
         chosen = tuple(q for q in chosen if q != "io")
         _companion_io_worker(hostname)
+    # Before the pool forks: its children write their metrics where this process serves them.
+    telemetry.serve_worker(settings)
     app = make_celery(settings, chosen)
     engine = make_engine(settings.database_url)
     reconciler = Reconciler(engine, Sender(app), settings.reconcile_seconds)
@@ -247,11 +251,18 @@ def worker(
     signals.after_setup_task_logger.connect(_mask, weak=False)
     signals.after_setup_logger.connect(_mask, weak=False)
 
+    def _child_exit(**_: object) -> None:
+        telemetry.mark_dead()
+
+    signals.worker_process_shutdown.connect(_child_exit, weak=False)
+
     name = hostname or f"tunebot-{'-'.join(chosen)}@%h"
     app.worker_main([
         "worker", "-Q", ",".join(chosen), "-c", str(concurrency or settings.worker_concurrency),
         "-n", name, "-l", settings.log_level.upper(), "--without-gossip", "--without-mingle",
-        "--without-heartbeat",
+        # Heartbeats are events: on a broker that carries them Flower needs them to show the
+        # worker online; the SQL transport would only poll for them.
+        *([] if sends_events(settings.broker_url) else ["--without-heartbeat"]),
     ])
 
 
@@ -296,6 +307,46 @@ def beat_cmd() -> None:
         log.info("beat: a watch tick every %g s, schedule file %s",
                  settings.watch_tick_seconds, app.conf.beat_schedule_filename)
         app.Beat(loglevel=settings.log_level.upper(), quiet=True).run()
+
+
+@cli.command()
+def flower(
+    port: Annotated[int, typer.Option(help="Flower's web port")] = 5555,
+    address: Annotated[str, typer.Option(
+        help="bind address (default: TUNEBOT_METRICS_BIND)")] = "",
+) -> None:
+    """Run Flower (Celery's monitor) on TUNEBOT_BROKER_URL; it needs Redis: the embedded SQL
+    broker carries no task events. Flower comes with the `ops` extra."""
+    settings = _settings(server=True)
+    reason = flower_unavailable(settings)
+    if reason:
+        typer.echo(f"tunebot: {reason}", err=True)
+        raise typer.Exit(2)
+    if not 1 <= port <= 65535:
+        typer.echo(f"tunebot: --port must be between 1 and 65535 (got {port})", err=True)
+        raise typer.Exit(2)
+    app = make_celery(settings)
+    typer.echo(f"Flower on http://{address or settings.metrics_bind}:{port} "
+               f"(broker {_shown(settings.broker_url)})", err=True)
+    app.start(["flower", f"--port={port}", f"--address={address or settings.metrics_bind}"])
+
+
+def flower_unavailable(settings: Settings) -> str | None:
+    """Why Flower cannot run here (not Redis, or not installed), or None."""
+    if not sends_events(settings.broker_url):
+        return ("Flower needs a Redis broker: TUNEBOT_BROKER_URL is "
+                f"{_shown(settings.broker_url)}, and Celery's SQL transport sends no "
+                "task events. Set TUNEBOT_BROKER_URL=redis://HOST:6379/0 for the workers and "
+                "for Flower (docker/compose.yaml runs it so).")
+    if importlib.util.find_spec("flower") is None:
+        return ('Flower is not installed: pip install -c requirements.lock -e ".[ops]" '
+                "(or `make flower`)")
+    return None
+
+
+def _shown(url: str) -> str:
+    """A broker URL fit for a message: credentials masked (a bare path stays as it is)."""
+    return redact_url(url) if "@" in url else url
 
 
 @cli.command()

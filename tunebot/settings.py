@@ -103,7 +103,14 @@ class Settings(BaseSettings):
     # get a 413 before the signature is checked, without the rest being read.
     max_body_bytes: int = Field(2**20, ge=1024, le=64 * 2**20)
     max_rows: int = Field(1_000_000, ge=1)
+    # Parquet and Arrow files are compressed: what a dataset file may decode to in memory.
+    max_decoded_mb: int = Field(512, ge=1, le=100_000)
     log_level: str = "INFO"
+    # Prometheus metrics (tunebot/telemetry.py): workers and the Socket Mode bot serve
+    # /metrics here (several workers on a host take the next free ports); the HTTP bot serves
+    # it on its own port too. 0 turns every metrics endpoint off.
+    metrics_port: int = Field(9470, ge=0, le=65535)
+    metrics_bind: str = Field("127.0.0.1", min_length=1, max_length=255)
 
     @field_validator("admins", "finetune_allowed", "slack_file_hosts", "model_dirs",
                      "protected_labels",

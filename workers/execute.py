@@ -5,15 +5,18 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 import threading
+import time
 from typing import cast
 
 from sqlalchemy.engine import Engine
 
-from tunebot import jobs
+from tunebot import jobs, telemetry
 from tunebot.errors import Cancelled, JobError, LeaseLost, UserError
 from tunebot.jobs import chain
-from tunebot.models import FINAL_STATUSES
+from tunebot.jobs.kinds import QUEUES
+from tunebot.models import FINAL_STATUSES, Job
 from tunebot.redact import redact
 from tunebot.replies import Reply
 from tunebot.settings import Settings
@@ -61,19 +64,63 @@ class Heartbeat(threading.Thread):
         self._stop_event.set()
 
 
+# What a run ends as (the metric's outcome label): final, lost, or parked between stages.
+OUTCOMES = frozenset({"succeeded", "failed", "cancelled", "lease_lost", "waiting", "queued"})
+
+
 def execute_job(settings: Settings, engine: Engine, waker: jobs.Waker | None,
                 job_id: int) -> str:
     """Execute a job once if it can be taken; returns what happened (for logs and tests)."""
     job = jobs.get(engine=engine, job_id=job_id)
-    if job is None:
-        return "missing"
-    if job.status in FINAL_STATUSES:
-        return "already-final"
+    kind = telemetry.bounded(job.kind if job else "", set(jobs.KINDS))
+    if job is None or job.status in FINAL_STATUSES:
+        telemetry.JOBS.labels(kind, "skipped").inc()
+        return "missing" if job is None else "already-final"
     owner = owner_id()
     taken = jobs.take_lease(engine=engine, job_id=job_id, owner=owner,
                             lease_seconds=settings.lease_seconds)
     if taken is None:
+        telemetry.JOBS.labels(kind, "skipped").inc()
         return "not-taken"
+    queue = telemetry.bounded(taken.queue, set(QUEUES))
+    if taken.attempt == 1 and taken.started_at is not None:
+        waited = (taken.started_at - taken.created_at).total_seconds()
+        telemetry.QUEUE_WAIT.labels(queue).observe(max(waited, 0.0))
+    running = telemetry.JOBS_RUNNING.labels(queue)
+    running.inc()
+    started = time.monotonic()
+    try:
+        outcome = _run_taken(settings, engine, waker, taken, owner)
+    finally:
+        running.dec()
+        telemetry.JOB_SECONDS.labels(kind).observe(time.monotonic() - started)
+        record_gpu_memory()
+    telemetry.JOBS.labels(kind, telemetry.bounded(outcome.replace("-", "_"), OUTCOMES)).inc()
+    return outcome
+
+
+def record_gpu_memory() -> None:
+    """CUDA memory this process holds, per device, when it has loaded torch and has a GPU
+    (a process that never loaded torch never used one)."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is None or not torch.cuda.is_available():
+            return
+        for index in range(torch.cuda.device_count()):
+            device = f"cuda:{index}"
+            telemetry.GPU_MEMORY.labels(device, "allocated").set(
+                torch.cuda.memory_allocated(index))
+            telemetry.GPU_MEMORY.labels(device, "reserved").set(
+                torch.cuda.memory_reserved(index))
+    except Exception as exc:  # a metric never fails a job
+        log.info("could not read GPU memory: %s", exc)
+
+
+def _run_taken(settings: Settings, engine: Engine, waker: jobs.Waker | None, taken: Job,
+               owner: str) -> str:
+    """Run a job whose lease we hold and record its outcome."""
+    job_id = taken.id
+    assert job_id is not None
     ctx = JobContext(job=taken, settings=settings, engine=engine, waker=waker, owner=owner)
     beat = Heartbeat(ctx)
     beat.start()

@@ -22,6 +22,9 @@ from tunebot.replies import error
 # The HTTP front door parses a slash command once to route it (bot.app.route) and leaves the
 # result in the request's context under this key; Socket Mode requests are parsed here.
 PARSED = "tunebot_command"
+# What the listener's answer was, for the ack metric (bot.app.MeteredBolt): ok, error (a
+# usage or user error) or unavailable (the database or broker is away).
+OUTCOME = "tunebot_outcome"
 COMMANDS = re.compile(r"^/(prompt|dataset|finetune|model|compare|watch|tunebot)$")
 
 
@@ -48,6 +51,7 @@ def register(app: BoltApp, core: Core) -> None:
                                   user_id=command["user_id"],
                                   channel=command.get("channel_id", ""), name=cmd.args["name"])
                 except Exception:  # the database is away: say so, never crash
+                    context[OUTCOME] = "unavailable"
                     ack(text=UNAVAILABLE, response_type="ephemeral")
                     return
                 text = (f"Upload the file for dataset {cmd.args['name']} here within "
@@ -64,5 +68,7 @@ def register(app: BoltApp, core: Core) -> None:
                               response_url=command.get("response_url"), key=key)
             outcome = run(cmd, actor, core, client)
             reply = job_reply(outcome) if outcome.job is not None else outcome.reply
+        context[OUTCOME] = ("unavailable" if reply.text == UNAVAILABLE else
+                            "error" if reply.error else "ok")
         ack(text=fallback_text(reply), blocks=reply_blocks(reply),
             response_type="ephemeral" if reply.ephemeral else "in_channel")

@@ -141,6 +141,13 @@ def _declare(app: Celery) -> None:
             queue.bind(channel).declare()
 
 
+def sends_events(broker_url: str) -> bool:
+    """Whether workers on this broker send Celery's events (Flower's input): Redis and AMQP
+    carry them; the embedded SQL transport does not."""
+    return broker_url.startswith(("redis://", "rediss://", "redis+socket://", "amqp://",
+                                  "amqps://", "pyamqp://"))
+
+
 def make_celery(settings: Settings, queues: tuple[str, ...] = ()) -> Celery:
     """A Celery app for these settings; `queues` names the task modules a worker includes."""
     include = sorted({MODULES_FOR_QUEUE[q] for q in queues})
@@ -172,8 +179,10 @@ def make_celery(settings: Settings, queues: tuple[str, ...] = ()) -> Celery:
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
-        task_send_sent_event=False,
+        # Task events feed Flower (`tunebot flower`); kombu's SQL transport has no fanout
+        # exchange to carry them, so only a real broker (Redis) sends them.
+        worker_send_task_events=sends_events(settings.broker_url),
+        task_send_sent_event=sends_events(settings.broker_url),
         worker_cancel_long_running_tasks_on_connection_loss=False,
         # A tick that waited longer than the next one is dropped (a busy worker never works
         # through a backlog of them); a missed tick only delays a due watch to the next.

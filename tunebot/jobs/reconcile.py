@@ -16,6 +16,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
+from tunebot import telemetry
 from tunebot.db import session_scope
 from tunebot.jobs.chain import wake_stranded
 from tunebot.jobs.events import add_event
@@ -113,6 +114,10 @@ def reconcile(*, engine: Engine, waker: Waker | None, resend_after: float) -> Re
             .distinct()
         ).scalars().all()
         out.notify = list(undelivered)
+    if out.requeued:
+        telemetry.LEASES_RECOVERED.labels("requeued").inc(len(out.requeued))
+    if out.failed:
+        telemetry.LEASES_RECOVERED.labels("failed").inc(len(out.failed))
     send_woken(waker, parents)
     out.woken = [job_id for job_id, _ in parents]
     out.woken += wake_stranded(engine=engine, waker=waker)

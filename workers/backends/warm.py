@@ -6,9 +6,11 @@ import gc
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
+from tunebot import telemetry
 from tunebot.settings import Settings
 from workers.backends.hf import HFBackend
 from workers.backends.hf_load import local_dir, pick_device, weights_bytes
@@ -54,10 +56,15 @@ class WarmCache:
             hit = self._items.get(key)
             if hit is not None:
                 self._items.move_to_end(key)
+                telemetry.MODEL_CACHE.labels("hit").inc()
                 return hit
             # Make room before loading, so old and new never sit in memory together past budget.
             self._evict(incoming=weights_bytes(local_dir(ref, settings)))
+            started = time.monotonic()
             backend = HFBackend(ref, settings, dev, adapter_dir)
+            telemetry.MODEL_CACHE.labels("load").inc()
+            telemetry.MODEL_LOAD_SECONDS.labels(dev.split(":")[0]).observe(
+                time.monotonic() - started)
             self._items[key] = backend
             self._evict(incoming=0, keep=key)
             return backend
@@ -75,6 +82,7 @@ class WarmCache:
             old = next(k for k in self._items if k != keep)
             log.info("evicting model %s from the warm cache", old[0])
             del self._items[old]
+            telemetry.MODEL_CACHE.labels("evict").inc()
             evicted = True
         if evicted:
             _release()
