@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock Makefile | cksum | cut -d' ' -f1)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install lock demo test lint up bench bench-deps bench-quick reliability clean
+.PHONY: install lock demo test lint up bench bench-deps bench-peers bench-quick reliability clean
 
 $(STAMP): pyproject.toml requirements.lock Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -52,10 +52,15 @@ up: install
 bench-deps: install
 	$(BIN)/pip install -q -c requirements.lock -e ".[bot,ml,dev,bench]"
 
-bench: bench-deps
+# llama.cpp's llama-server and an f32 GGUF of the bundled model, built once into var/peers/
+# (~10 min on 2 cores the first time; a no-op once there).
+bench-peers: install
+	bash bench/peers.sh
+
+bench: bench-deps bench-peers
 	$(BIN)/python -m bench.run
 
-bench-quick: bench-deps
+bench-quick: bench-deps bench-peers
 	$(BIN)/python -m bench.run --quick
 
 reliability: install
