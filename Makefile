@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock Makefile | cksum | cut -d' ' -f1)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install lock demo test lint up bench bench-deps bench-peers bench-quick reliability clean
+.PHONY: install lock demo test lint up flower bench bench-deps bench-peers bench-quick reliability clean
 
 $(STAMP): pyproject.toml requirements.lock Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,6 +48,12 @@ up: install
 	$(BIN)/tunebot catalog import prompts/
 	# The worker brings Celery beat (the watch tick) along, whatever the broker.
 	bash -c 'trap "kill 0" EXIT INT TERM; $(BIN)/tunebot worker --beat & $(BIN)/tunebot bot --socket'
+
+# Flower (the `ops` extra) on TUNEBOT_BROKER_URL; `tunebot flower` says so and stops when
+# that is not Redis (the embedded SQL broker carries no task events).
+flower: install
+	$(BIN)/python -c "import flower" 2>/dev/null || $(BIN)/pip install -q -c requirements.lock -e ".[ops]"
+	$(BIN)/tunebot flower
 
 bench-deps: install
 	$(BIN)/pip install -q -c requirements.lock -e ".[bot,ml,dev,bench]"

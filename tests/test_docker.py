@@ -30,7 +30,26 @@ def test_compose_services_images_and_wiring() -> None:
     assert "torch==${TORCH_VERSION}" in worker
     # The GPU image carries no Slack stack: no bot/ package, no `bot` extra.
     assert "COPY bot" not in worker and "[bot" not in worker and "bot]" not in worker
-    assert '".[bot]"' in (REPO / "docker/Dockerfile.bot").read_text()
+    assert '".[bot,ops]"' in (REPO / "docker/Dockerfile.bot").read_text()
+
+
+def test_flower_watches_the_redis_broker_and_workers_expose_metrics() -> None:
+    """Flower runs from the bot image (the `ops` extra) against the same Redis broker, on
+    loopback only; every service's metrics endpoint listens where Prometheus can reach it."""
+    compose = yaml.safe_load((REPO / "docker/compose.yaml").read_text())
+    services = compose["services"]
+    flower = services["flower"]
+    assert flower["image"] == "tunebot-bot" and "user" not in flower
+    assert flower["command"][:2] == ["tunebot", "flower"]
+    assert flower["command"][flower["command"].index("--port") + 1] == "5555"
+    assert flower["environment"]["TUNEBOT_BROKER_URL"].startswith("redis://redis:")
+    assert flower["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert flower["ports"] == ["127.0.0.1:5555:5555"]
+    assert "ops" in (REPO / "docker/Dockerfile.bot").read_text().split('-e ".[')[1].split("]")[0]
+    for name in ("bot", "notifier", "worker-inference", "worker-gpu"):
+        env = services[name]["environment"]
+        assert env["TUNEBOT_METRICS_BIND"] == "0.0.0.0", name
+        assert 1 <= int(env["TUNEBOT_METRICS_PORT"]) <= 65535, name
 
 
 def test_one_artifacts_volume_wherever_artifacts_are_read_or_written() -> None:
