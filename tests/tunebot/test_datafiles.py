@@ -377,7 +377,7 @@ def test_format_comes_from_name_then_content(name, head, fmt, expected):
 
 
 def test_unknown_format_is_a_value_error():
-    with pytest.raises(ValueError, match="jsonl, csv, tsv or yaml"):
+    with pytest.raises(ValueError, match="jsonl, csv, tsv, yaml, parquet or arrow"):
         detect_format(Path("a"), b"", "xlsx")
 
 

@@ -20,13 +20,16 @@ from typing import Any, BinaryIO
 import yaml
 
 MAX_LISTED = 20
-FORMATS = ("jsonl", "csv", "tsv", "yaml")
+FORMATS = ("jsonl", "csv", "tsv", "yaml", "parquet", "arrow")
 
 _HEAD_BYTES = 8192
 _SUFFIXES = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
     ".csv": "csv", ".tsv": "tsv", ".yaml": "yaml", ".yml": "yaml",
+    ".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow",
 }
+# Columnar files are known by their first bytes whatever their name (read by columnar.py).
+_MAGIC = ((b"PAR1", "parquet"), (b"ARROW1", "arrow"), (b"\xff\xff\xff\xff", "arrow"))
 _ALIASES = {**{k.lstrip("."): v for k, v in _SUFFIXES.items()}, "jsonl": "jsonl"}
 _BOMS = (
     (codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
@@ -42,11 +45,12 @@ class Issue:
     field: str | None
     code: str
     message: str
+    unit: str = "line"  # "row" in a columnar file (Parquet, Arrow), which has no lines
 
     def __str__(self) -> str:
         where = []
         if self.line is not None:
-            where.append(f"line {self.line}")
+            where.append(f"{self.unit} {self.line}")
         if self.field is not None:
             where.append(f"field `{self.field}`")
         return f"{', '.join(where)}: {self.message}" if where else self.message
@@ -58,13 +62,14 @@ class IssueList:
     def __init__(self, limit: int = MAX_LISTED) -> None:
         self.listed: list[Issue] = []
         self.count = 0
+        self.unit = "line"
         self._limit = limit
 
     def add(self, line: int | None, field: str | None, code: str, message: str) -> None:
         """Record one issue; only the first `limit` are kept."""
         self.count += 1
         if len(self.listed) < self._limit:
-            self.listed.append(Issue(line, field, code, message))
+            self.listed.append(Issue(line, field, code, message, self.unit))
 
 
 def describe(value: Any) -> str:
@@ -82,12 +87,17 @@ def empty_message(reader: LineReader) -> str:
 
 
 def detect_format(path: Path, head: bytes, fmt: str | None = None) -> str:
-    """jsonl, csv, tsv or yaml, from an explicit fmt, else the file name, else the content."""
+    """jsonl, csv, tsv, yaml, parquet or arrow: from an explicit fmt, else the file's first
+    bytes (Parquet and Arrow files), else the file name, else the content."""
     if fmt is not None:
         try:
             return _ALIASES[fmt.lower().lstrip(".")]
         except KeyError:
-            raise ValueError(f"unknown format {fmt!r} (use jsonl, csv, tsv or yaml)") from None
+            raise ValueError(f"unknown format {fmt!r} (use jsonl, csv, tsv, yaml, parquet or "
+                             "arrow)") from None
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
     first = head.removeprefix(codecs.BOM_UTF8).lstrip()[:1]
     by_name = _SUFFIXES.get(path.suffix.lower())
     # A '{' can only start JSON Lines: a misnamed .csv/.txt of objects is still read right.

@@ -1,4 +1,5 @@
-"""Eval datasets: catalog rows (variables + `expected` + optional `assert`) from JSONL/CSV/YAML."""
+"""Eval datasets: catalog rows (variables + `expected` + optional `assert`) from JSONL, CSV,
+YAML, Parquet or Arrow."""
 
 from __future__ import annotations
 
@@ -9,15 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunebot.datasets.read import (
-    Issue,
-    IssueList,
-    LineReader,
-    describe,
-    detect_format,
-    empty_message,
-    records,
-)
+from tunebot.datasets.columnar import open_reader, read_records
+from tunebot.datasets.read import Issue, IssueList, describe, empty_message
 from tunebot.jsonschemas import ref_problems
 
 RESERVED = ("expected", "assert")
@@ -77,21 +71,22 @@ def expected_source(columns: Sequence[str], given: str | None = None) -> str | N
 
 def parse_rows(
     path: Path, *, fmt: str | None = None, max_rows: int, max_line_bytes: int = 1_000_000,
-    expected_column: str | None = None,
+    expected_column: str | None = None, max_decoded_bytes: int | None = None,
 ) -> RowsResult:
     """Read an eval set of catalog rows, streaming, and report every problem by line and field.
 
     Data as people have it: without an `expected` column, a `label`, `answer`, `output`,
     `target` or `expected_output` column is the expected answer (or `expected_column`)."""
     errors, warnings = IssueList(), IssueList()
-    reader = LineReader(Path(path), max_rows=max_rows, max_line_bytes=max_line_bytes,
-                        errors=errors)
-    kind = detect_format(reader.path, reader.head(), fmt)
+    reader, kind = open_reader(Path(path), fmt=fmt, max_rows=max_rows,
+                               max_line_bytes=max_line_bytes, errors=errors,
+                               max_decoded_bytes=max_decoded_bytes)
+    warnings.unit = errors.unit  # rows, not lines, in a Parquet or Arrow file
     rows: list[Row] = []
     seen_columns: dict[str, None] = {}
     source: str | None = expected_column
     decided = expected_column is not None
-    for line, obj in records(kind, reader):
+    for line, obj in read_records(kind, reader):
         if isinstance(obj, dict):
             if not decided:  # the first record (a CSV's header) decides for the file
                 source, decided = expected_source(list(obj)), True

@@ -26,6 +26,7 @@ from sqlmodel import col
 from tunebot.access import require_owner_or_admin
 from tunebot.commands import parse_name
 from tunebot.core import Actor
+from tunebot.datasets.columnar import pack_folder
 from tunebot.datasets.report import format_report
 from tunebot.datasets.rows import parse_rows
 from tunebot.datasets.training import validate_training
@@ -36,7 +37,8 @@ from tunebot.settings import Settings
 
 log = logging.getLogger(__name__)
 TEAM_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-EXTENSIONS = {"jsonl": "jsonl", "csv": "csv", "tsv": "tsv", "yaml": "yaml"}
+EXTENSIONS = {"jsonl": "jsonl", "csv": "csv", "tsv": "tsv", "yaml": "yaml",
+              "parquet": "parquet", "arrow": "arrow"}
 USAGE = "/dataset add NAME  (with a file)"
 # Adds of one name racing for the next version: each round one of them commits, so this many
 # rounds lets that many people add different files at the same moment.
@@ -69,27 +71,58 @@ def add_dataset(*, engine: Engine, settings: Settings, team_id: str, name: str, 
     """Validate a file and store it as the next version; identical to the latest, nothing new.
 
     `expected_column` names the column that holds the expected answer (without it, `label`,
-    `answer`, `output`, `target` or `expected_output` is used when there is no `expected`)."""
+    `answer`, `output`, `target` or `expected_output` is used when there is no `expected`).
+    A Hugging Face `datasets` save_to_disk folder is stored as one Arrow file."""
     parse_name(name, USAGE, "dataset name")
     path = Path(path)
+    if path.is_dir():
+        return _add_folder(engine, settings, team_id, name, path, user, expected_column)
     if not path.is_file():
         raise UserError(f"no such file: {path.name}", USAGE)
     size = path.stat().st_size
     if size > settings.max_upload_mb * 1024 * 1024:
         raise UserError(f"{path.name} is {size / 1e6:.1f} MB; the limit is "
                         f"{settings.max_upload_mb} MB (TUNEBOT_MAX_UPLOAD_MB)")
-    result = parse_rows(path, max_rows=settings.max_rows, expected_column=expected_column)
+    return _add_file(engine, settings, team_id, name, path, user, expected_column, path.name)
+
+
+def _add_folder(engine: Engine, settings: Settings, team_id: str, name: str, folder: Path,
+                user: str, expected_column: str | None) -> tuple[Dataset, bool]:
+    root = settings.var_dir / "uploads"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root))
+    except OSError as exc:
+        raise UserError(f"could not read {folder.name}: the upload folder could not be written "
+                        f"({exc.strerror or exc.__class__.__name__}) — tell your tunebot admin "
+                        "(TUNEBOT_VAR_DIR)") from exc
+    try:
+        packed = pack_folder(folder, tmp / f"{folder.name or 'dataset'}.arrow",
+                             max_bytes=settings.max_upload_mb * 2**20,
+                             max_decoded_bytes=settings.max_decoded_mb * 2**20)
+        return _add_file(engine, settings, team_id, name, packed, user, expected_column,
+                         f"{folder.name}/ (save_to_disk)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _add_file(engine: Engine, settings: Settings, team_id: str, name: str, path: Path,
+              user: str, expected_column: str | None, source: str) -> tuple[Dataset, bool]:
+    decoded = settings.max_decoded_mb * 2**20
+    result = parse_rows(path, max_rows=settings.max_rows, expected_column=expected_column,
+                        max_decoded_bytes=decoded)
     if (not result.ok or result.content_hash is None) and _looks_like_training(result):
         # Chat `messages`, prompt/completion or input/output files are training data: they
         # are checked as such here, and under the model's tokenizer by /dataset check.
-        training = validate_training(path, max_rows=settings.max_rows)
+        training = validate_training(path, max_rows=settings.max_rows,
+                                     max_decoded_bytes=decoded)
         if not training.ok or training.content_hash is None:
             raise UserError(f"{name}: the file was refused.\n{format_report(training)}")
         return _store(engine, settings, team_id, name, path, user, fmt=training.fmt,
                       content_hash=training.content_hash, rows=len(training.examples),
                       stats={"kind": training.kind or "chat", "examples": len(training.examples),
                              "duplicates": training.duplicates},
-                      report={"text": format_report(training), "source": path.name,
+                      report={"text": format_report(training), "source": source,
                               "warnings": [str(w) for w in training.warnings[:20]]})
     if not result.ok or result.content_hash is None:
         raise UserError(f"{name}: the file was refused.\n{format_report(result)}")
@@ -101,7 +134,7 @@ def add_dataset(*, engine: Engine, settings: Settings, team_id: str, name: str, 
                                     "\n") if result.expected_from else "")
                           + format_report(result), "columns": result.columns,
                           "warning_count": result.warning_count,
-                          "warnings": [str(w) for w in result.warnings], "source": path.name})
+                          "warnings": [str(w) for w in result.warnings], "source": source})
 
 
 def _looks_like_training(result: Any) -> bool:

@@ -2,7 +2,8 @@
 
 Four shapes are accepted, each turned into `Example(line, messages)`: JSONL chat
 (`{"messages": [...]}`), JSONL/YAML `{"prompt", "completion"}` (or `input`/`output`), CSV with
-`input,output` or `prompt,completion` columns, and catalog rows (variables + `expected`).
+`input,output` or `prompt,completion` columns, and catalog rows (variables + `expected`); a
+Parquet or Arrow file (columnar.py) holds any of these shapes as its columns.
 """
 
 from __future__ import annotations
@@ -16,15 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunebot.datasets.read import (
-    Issue,
-    IssueList,
-    LineReader,
-    describe,
-    detect_format,
-    empty_message,
-    records,
-)
+from tunebot.datasets.columnar import open_reader, read_records
+from tunebot.datasets.read import Issue, IssueList, describe, empty_message
 from tunebot.datasets.rows import RESERVED
 from tunebot.errors import Cancelled, LeaseLost
 
@@ -58,7 +52,7 @@ class TrainingReport:
     duplicates: int
     rows_read: int
     lines_read: int
-    fmt: str  # jsonl | csv | tsv | yaml
+    fmt: str  # jsonl | csv | tsv | yaml | parquet | arrow
     kind: str | None  # chat | prompt_completion | input_output | rows
     content_hash: str | None  # None when the file was not read to the end
     complete: bool
@@ -78,6 +72,7 @@ def validate_training(
     max_line_bytes: int = 1_000_000,
     prompt_render: Renderer | None = None,
     template: str = "minimal",
+    max_decoded_bytes: int | None = None,
 ) -> TrainingReport:
     """Check a training file line by line; keep valid, de-duplicated examples as chat messages.
 
@@ -89,15 +84,16 @@ def validate_training(
     if template == "full" and prompt_render is None:
         raise ValueError("template='full' needs a prompt_render callable")
     errors, warnings = IssueList(), IssueList()
-    reader = LineReader(Path(path), max_rows=max_rows, max_line_bytes=max_line_bytes,
-                        errors=errors)
-    fmt = detect_format(reader.path, reader.head(), fmt)
+    reader, fmt = open_reader(Path(path), fmt=fmt, max_rows=max_rows,
+                              max_line_bytes=max_line_bytes, errors=errors,
+                              max_decoded_bytes=max_decoded_bytes)
+    warnings.unit = errors.unit  # rows, not lines, in a Parquet or Arrow file
     kind: str | None = None
     seen: dict[bytes, int] = {}  # digest -> first line: memory grows with kept examples only
     examples: list[Example] = []
     duplicates = 0
     header_refused = False
-    with closing(records(fmt, reader)) as recs:
+    with closing(read_records(fmt, reader)) as recs:
         for line, obj in recs:
             if kind is None and reader.columns is not None:
                 kind = _csv_kind(reader.columns)

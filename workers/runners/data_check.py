@@ -100,7 +100,8 @@ def prepare(ctx: JobContext) -> Prepared:
     template = p.get("template") or "minimal"
     ctx.check()
     rep = validate_training(Path(ds.artifact_path), fmt=None, max_rows=ctx.settings.max_rows,
-                            prompt_render=_renderer(ctx, version, template), template=template)
+                            prompt_render=_renderer(ctx, version, template), template=template,
+                            max_decoded_bytes=ctx.settings.max_decoded_mb * 2**20)
     if not rep.ok:
         raise JobError(f"the training data of {ds.name} does not pass:\n{format_report(rep)}")
     examples = list(rep.examples)
