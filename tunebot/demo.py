@@ -32,19 +32,17 @@ class Step:
     expect_ok: bool = True
 
 
-# The main job: a prompt iterated and measured, its training data checked, a fine-tune, and
-# the comparison that says which to ship.
+# The main job: a prompt iterated and measured, its training data checked, then the fair
+# fight told once on the bare first triage prompt: the optimize climb (a child job), the
+# auto fine-tune (a child job) and the verdict on the same held-out cases.
 STEPS: tuple[Step, ...] = (
     Step("/tunebot ping"),
     Step("/prompt list"),
     Step("/prompt show sentiment:production"),
     Step("/prompt diff sentiment@1 sentiment@2"),
     Step("/prompt compare sentiment@1 sentiment@2 on sentiment-eval"),
-    Step("/dataset check sentiment-train model=smollm2 prompt=sentiment"),
-    # The auto settings: lr by model size and enough steps for 108 short examples.
-    Step("/finetune start smollm2 on sentiment-train prompt=sentiment"),
-    Step("/prompt test sentiment on sentiment-eval model=ft:sentiment"),
-    Step("/compare sentiment vs ft:sentiment on sentiment-eval hybrid traffic=5000/day"),
+    Step("/dataset check triage-train model=smollm2 prompt=triage"),
+    Step("/compare triage@1 on triage-eval fair traffic=5000/day"),
 )
 CATALOG = Path(__file__).resolve().parent.parent / "prompts"
 
@@ -103,7 +101,7 @@ def _finale(settings: Settings) -> int:
     """Copy the comparison chart under var/ and repeat the recommendation last."""
     app = build_core(settings)
     done = [j for j in jobs.list_jobs(engine=app.engine, team_id=settings.cli_team,
-                                      kinds=("compare",))
+                                      kinds=("compare_fair", "compare"))
             if j.status == "succeeded"]
     if not done:
         typer.secho("no comparison finished", fg="red")

@@ -8,6 +8,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, select
 
 from tunebot import migrate
@@ -157,4 +158,44 @@ def test_0008_adds_watches_and_keeps_existing_rows(empty_url: str) -> None:
         assert "watches" not in inspect(conn).get_table_names()
         assert conn.execute(text("SELECT title FROM jobs WHERE id = 9")).scalar_one() == \
             "old test"
+    engine.dispose()
+
+
+def test_0009_adds_job_parents_and_keeps_existing_jobs(empty_url: str) -> None:
+    migrate.upgrade(empty_url, "0008")
+    engine = make_engine(empty_url)
+    with engine.begin() as conn:
+        for job_id, status in ((11, "succeeded"), (12, "queued")):
+            conn.execute(text(
+                "INSERT INTO jobs (id, team_id, kind, queue, status, requested_by, title, "
+                "attempt, max_attempts, cancel_requested, progress, sends, created_at, "
+                f"delivery_attempts, active_key) VALUES ({job_id}, 'T1', 'compare', "
+                f"'inference', '{status}', 'U1', 'old {job_id}', 1, 5, false, 0.0, 1, "
+                f"'2026-11-01 10:00:00', 0, 'btn:{job_id}')"))
+    engine.dispose()
+
+    migrate.upgrade(empty_url)
+    engine = make_engine(empty_url)
+    with Session(engine) as session:
+        old = session.get(Job, 12)
+        assert old is not None and old.parent_id is None and old.status == "queued"
+        session.add(Job(id=13, team_id="T1", kind="finetune", queue="gpu", requested_by="U1",
+                        params={}, parent_id=12))
+        session.commit()
+    with engine.begin() as conn:  # a waiting job keeps its active_key: the index covers it
+        conn.execute(text("UPDATE jobs SET status = 'waiting' WHERE id = 12"))
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO jobs (team_id, kind, queue, status, requested_by, title, attempt, "
+            "max_attempts, cancel_requested, progress, sends, created_at, delivery_attempts, "
+            "active_key) VALUES ('T1', 'compare', 'inference', 'queued', 'U1', 'twin', 0, 5, "
+            "false, 0.0, 0, '2026-11-01 10:00:00', 0, 'btn:12')"))
+    engine.dispose()
+
+    migrate.downgrade(empty_url, "0008")  # and back: a waiting job cannot stay waiting
+    engine = make_engine(empty_url)
+    with engine.begin() as conn:
+        rows = dict(conn.execute(text("SELECT id, status FROM jobs ORDER BY id")).all())
+        assert rows == {11: "succeeded", 12: "failed", 13: "queued"}
+        assert "parent_id" not in {c["name"] for c in inspect(conn).get_columns("jobs")}
     engine.dispose()
