@@ -10,9 +10,13 @@ task at a time each, repeats interleaved:
   CLI submit it (`/tunebot ping`: quota check, job row and "queued" event committed, then the
   task sent); its first line is the worker's first event in SQL (the "· running" status line,
   written right after it took the job's lease). Done = the job row's finished_at.
-- baseline: a bare Celery app with one task that appends the time it was received to a file,
-  on the same broker with the same worker options (prefetch 1, acks_late, `-c 1`, 0.2 s SQL
-  poll interval). Done = received.
+- baseline: a bare Celery app on the same broker with the same worker options (prefetch 1,
+  acks_late, `-c 1`, 0.2 s SQL poll interval), doing the same SQL writes (issue #20): the
+  submit INSERTs the job row and its "queued" event in one transaction, then sends the task;
+  the task takes a lease, writes the "running" line (its first line), a "started" line,
+  progress, the answer, finishes the row and writes a final event, each its own transaction,
+  in its own tables of the same database (PostgreSQL with Redis, SQLite with SQLite).
+  Done = its finished_at, as tunebot's.
 
 Latency: jobs sent one at a time, 0.15–0.35 s apart (an idle queue), p50/p99 of submit → first
 line. Throughput: a burst of jobs submitted back to back, jobs/s from the first submit to the
@@ -70,56 +74,127 @@ def bare_celery(broker: str):  # type: ignore[no-untyped-def]
     return app
 
 
-def serve_bare(broker: str, record: str) -> None:
-    """Run the bare worker: its one task writes `ident received_at` per message."""
+def bare_tables():  # type: ignore[no-untyped-def]
+    """The bare app's job and event tables (SQLAlchemy Core, PostgreSQL or SQLite)."""
+    from sqlalchemy import Column, Float, ForeignKey, Integer, MetaData, String, Table, Text
+
+    meta = MetaData()
+    jobs = Table("bare_jobs", meta, Column("id", Integer, primary_key=True, autoincrement=True),
+                 Column("kind", String(32), nullable=False),
+                 Column("user_id", String(32), nullable=False),
+                 Column("status", String(16), nullable=False),
+                 Column("worker", String(64)), Column("lease_until", Float),
+                 Column("progress", Float), Column("answer", Text),
+                 Column("created_at", Float, nullable=False), Column("finished_at", Float))
+    events = Table("bare_job_events", meta,
+                   Column("id", Integer, primary_key=True, autoincrement=True),
+                   Column("job_id", Integer, ForeignKey("bare_jobs.id"), nullable=False),
+                   Column("seq", Integer, nullable=False), Column("text", Text, nullable=False),
+                   Column("created_at", Float, nullable=False))
+    return meta, jobs, events
+
+
+def bare_engine(db_url: str):  # type: ignore[no-untyped-def]
+    """An engine on the run's database, the bare tables created."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(db_url, connect_args={"timeout": 30} if db_url.startswith("sqlite")
+                           else {})
+    meta, _, _ = bare_tables()
+    meta.create_all(engine)
+    return engine
+
+
+def serve_bare(broker: str, db_url: str) -> None:
+    """Run the bare worker: its one task does a no-op job's SQL writes, each its own
+    transaction, as tunebot's worker does (lease, "running" line, "started" line, progress,
+    the answer, finish, final event); the job counts as done at its finished_at."""
+    import socket
+
+    from sqlalchemy import insert, update
+
     app = bare_celery(broker)
+    engine = bare_engine(db_url)
+    _, jobs, events = bare_tables()
+    me = f"bare@{socket.gethostname()}"
+
+    def event(job_id: int, seq: int, text: str) -> None:
+        with engine.begin() as c:
+            c.execute(insert(events).values(job_id=job_id, seq=seq, text=text,
+                                            created_at=time.time()))
 
     @app.task(name=BARE_TASK)
-    def record_time(ident: str) -> None:
-        received = time.time()
-        with open(record, "a") as f:
-            f.write(f"{ident} {received}\n")
+    def run_job(job_id: int) -> None:
+        with engine.begin() as c:  # the lease
+            taken = c.execute(update(jobs).where(jobs.c.id == job_id,
+                                                 jobs.c.status == "queued")
+                              .values(status="running", worker=me,
+                                      lease_until=time.time() + 60)).rowcount
+        if not taken:
+            return
+        event(job_id, 2, "· running")
+        event(job_id, 3, f"Started on worker {me}")
+        with engine.begin() as c:
+            c.execute(update(jobs).where(jobs.c.id == job_id).values(progress=1.0))
+        with engine.begin() as c:
+            c.execute(update(jobs).where(jobs.c.id == job_id).values(answer="pong"))
+        with engine.begin() as c:
+            c.execute(update(jobs).where(jobs.c.id == job_id)
+                      .values(status="done", finished_at=time.time(), lease_until=None))
+        event(job_id, 4, "✓ done")
 
     app.worker_main(["worker", "-Q", BARE_QUEUE, "-c", "1", "-n", "bare@%h", "-l", "INFO",
                      "--without-gossip", "--without-mingle", "--without-heartbeat"])
 
 
 class Bare:
-    """The baseline side: send by name, read receipt times from the record file."""
+    """The baseline side: a job row and its event in one transaction, the task sent by name;
+    first line and done read back from the bare tables."""
 
     name = "baseline"
 
-    def __init__(self, broker: str, record: Path) -> None:
+    def __init__(self, broker: str, db_url: str) -> None:
         self.app = bare_celery(broker)
-        self.record = record
+        self.engine = bare_engine(db_url)
+        _, self.jobs, self.events = bare_tables()
         self.sent: dict[str, float] = {}
-        self._seq = 0
 
     def submit(self) -> str:
-        """Send one task; returns its ident."""
-        self._seq += 1
-        ident = f"t{self._seq}"
-        self.sent[ident] = time.time()
-        self.app.send_task(BARE_TASK, args=[ident], queue=BARE_QUEUE)
+        """Insert one job with its queued event, send its task; returns its id."""
+        from sqlalchemy import insert
+
+        t = time.time()
+        with self.engine.begin() as c:
+            job_id = c.execute(insert(self.jobs).values(
+                kind="noop", user_id="U0BENCH", status="queued", created_at=t)
+                .returning(self.jobs.c.id)).scalar_one()
+            c.execute(insert(self.events).values(job_id=job_id, seq=1, text="queued",
+                                                 created_at=time.time()))
+        self.app.send_task(BARE_TASK, args=[job_id], queue=BARE_QUEUE)
+        ident = str(job_id)
+        self.sent[ident] = t
         return ident
 
-    def _received(self) -> dict[str, float]:
-        if not self.record.exists():
-            return {}
-        out = {}
-        for line in self.record.read_text().splitlines():
-            ident, _, t = line.partition(" ")
-            out[ident] = float(t)
-        return out
-
     def collect(self, idents: list[str], timeout: float) -> dict[str, tuple[float, float]]:
-        """ident → (first line, done) as POSIX times, waiting for all."""
+        """job id → (the worker's first event, finished_at), waiting for all."""
+        from sqlalchemy import func, select
+
+        ids = [int(i) for i in idents]
         deadline = time.monotonic() + timeout
         while True:
-            got = self._received()
-            if all(i in got for i in idents) or time.monotonic() > deadline:
-                return {i: (got[i], got[i]) for i in idents if i in got}
+            with self.engine.connect() as c:
+                done = c.execute(select(func.count()).select_from(self.jobs).where(
+                    self.jobs.c.id.in_(ids), self.jobs.c.finished_at.is_not(None))).scalar_one()
+            if done == len(ids) or time.monotonic() > deadline:
+                break
             time.sleep(0.1)
+        with self.engine.connect() as c:
+            first = dict(c.execute(select(self.events.c.job_id, func.min(self.events.c.created_at))
+                                   .where(self.events.c.job_id.in_(ids), self.events.c.seq >= 2)
+                                   .group_by(self.events.c.job_id)).all())
+            fin = dict(c.execute(select(self.jobs.c.id, self.jobs.c.finished_at)
+                                 .where(self.jobs.c.id.in_(ids))).all())
+        return {str(i): (first[i], fin[i]) for i in ids if i in first and fin.get(i) is not None}
 
 
 class Tunebot:
@@ -221,12 +296,13 @@ def measure_broker(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
         env["TUNEBOT_LOG_LEVEL"] = "WARNING"  # the bare worker logs no per-task lines either
         procs = Procs(var)
         try:
-            record = var / "bare-received.txt"
+            # The bare side writes to the same database as tunebot (its own tables).
+            bare_db = settings.database_url
             procs.start("tunebot-worker", [sys.executable, "-m", "tunebot.cli", "worker",
                                            "--queues", "inference", "--concurrency", "1"], env)
             procs.start("bare-worker", [sys.executable, "-m", "bench.bench_queue", "--serve-bare",
-                                        bare_broker, "--record", str(record)], env)
-            sides = [Tunebot(settings), Bare(bare_broker, record)]
+                                        bare_broker, "--db", bare_db], env)
+            sides = [Tunebot(settings), Bare(bare_broker, bare_db)]
             for side in sides:  # warm-up: worker imports, connections, first task
                 got = side.collect([side.submit() for _ in range(3)], timeout=120)
                 if len(got) != 3:
@@ -287,10 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--brokers", default="redis,sqlite")
     ap.add_argument("--serve-bare", metavar="BROKER", help=argparse.SUPPRESS)
-    ap.add_argument("--record", help=argparse.SUPPRESS)
+    ap.add_argument("--db", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve_bare:
-        serve_bare(args.serve_bare, args.record)
+        serve_bare(args.serve_bare, args.db)
         return 0
     args.n = args.n or (6 if args.quick else 30)
     # The SQL transport delivers about one message per 0.2 s poll, so its bursts are smaller.
