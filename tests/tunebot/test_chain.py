@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 
 from tests.tunebot.test_jobs import RecordingWaker
-from tunebot import jobs
-from tunebot.db import session_scope
+from tunebot import jobs, migrate
+from tunebot.db import make_engine, session_scope
 from tunebot.jobs import chain
 from tunebot.models import Job
+
+
+@pytest.fixture
+def lite(sqlite_url: str) -> Iterator[Engine]:
+    """SQLite only, for what does not depend on the database's locking (the races that do
+    run on both)."""
+    migrate.upgrade(sqlite_url)
+    eng = make_engine(sqlite_url)
+    yield eng
+    eng.dispose()
 
 
 def _parent(engine: Engine, waker: RecordingWaker, **kw: object) -> Job:
@@ -76,7 +88,8 @@ def test_park_after_the_children_ended_requeues_at_once(engine: Engine) -> None:
     assert chain.park(engine=engine, waker=waker, job_id=parent.id, owner="w1") == "lease-lost"
 
 
-def test_a_chain_is_one_job_against_the_quota(engine: Engine) -> None:
+def test_a_chain_is_one_job_against_the_quota(lite: Engine) -> None:
+    engine = lite
     waker = RecordingWaker()
     parent = _parent(engine, waker, max_active_per_user=1)
     kids = [_child(engine, waker, parent, s) for s in ("optimize", "finetune")]
@@ -95,7 +108,8 @@ def test_a_chain_is_one_job_against_the_quota(engine: Engine) -> None:
 
 
 def test_cancelling_a_waiting_parent_cancels_its_children_and_wakes_nothing(
-        engine: Engine) -> None:
+        lite: Engine) -> None:
+    engine = lite
     waker = RecordingWaker()
     parent = _parent(engine, waker)
     queued = _child(engine, waker, parent, "optimize")
@@ -115,7 +129,8 @@ def test_cancelling_a_waiting_parent_cancels_its_children_and_wakes_nothing(
     assert _status(engine, parent.id) == "cancelled"
 
 
-def test_a_child_failed_by_the_reconciler_wakes_its_parent(engine: Engine) -> None:
+def test_a_child_failed_by_the_reconciler_wakes_its_parent(lite: Engine) -> None:
+    engine = lite
     waker = RecordingWaker()
     parent = _parent(engine, waker)
     child = _child(engine, waker, parent, "finetune")
@@ -129,7 +144,8 @@ def test_a_child_failed_by_the_reconciler_wakes_its_parent(engine: Engine) -> No
     assert _status(engine, parent.id) == "queued"
 
 
-def test_the_reconciler_wakes_a_stranded_parent(engine: Engine) -> None:
+def test_the_reconciler_wakes_a_stranded_parent(lite: Engine) -> None:
+    engine = lite
     waker = RecordingWaker()
     parent = _parent(engine, waker)
     child = _child(engine, waker, parent, "finetune")
@@ -143,7 +159,8 @@ def test_the_reconciler_wakes_a_stranded_parent(engine: Engine) -> None:
     assert jobs.reconcile(engine=engine, waker=waker, resend_after=60).woken == []
 
 
-def test_a_childs_messages_are_told_in_its_parents_thread(engine: Engine) -> None:
+def test_a_childs_messages_are_told_in_its_parents_thread(lite: Engine) -> None:
+    engine = lite
     waker = RecordingWaker()
     parent = _parent(engine, waker)
     child = _child(engine, waker, parent, "optimize")

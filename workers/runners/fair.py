@@ -82,7 +82,9 @@ class FairRunner:
         self._save_notes()
         if opt is None or ft is None:
             waiting = [s for s, done in (("optimize", opt), ("fine-tune", ft)) if done is None]
-            raise chain.Waiting("waiting for " + " and ".join(waiting))
+            note = "waiting for " + " and ".join(waiting)
+            ctx.status(f"{ctx.job.title or ctx.job.kind} · #{ctx.job_id} · {note}")
+            raise chain.Waiting(note)
         return self._compare(opt, ft)
 
     def _say_once(self, key: str, text: str) -> None:
