@@ -187,6 +187,8 @@ def serve_worker(settings: Settings) -> Endpoint | None:
     for stale in directory.glob("*.db"):
         stale.unlink(missing_ok=True)
     enable_multiprocess(directory)
+    for outcome in ("requeued", "failed"):  # this process's reconciler: shown from the start
+        LEASES_RECOVERED.labels(outcome)
     endpoint = Endpoint(settings.metrics_bind, port, server, directory)
     log.info("metrics on %s (multiprocess folder %s)", endpoint.url, directory)
     return endpoint
