@@ -20,6 +20,7 @@ from tunebot.core import Actor, Core
 from tunebot.db import make_engine, session_scope
 from tunebot.dispatch import execute
 from tunebot.errors import JobError
+from tunebot.handlers.optimize import DEFAULT_BUDGET
 from tunebot.jobs import chain
 from tunebot.models import Job
 from workers.context import JobContext
@@ -74,7 +75,7 @@ def test_stages_are_reused_by_key_and_not_on_a_changed_key(setup, tmp_path: Path
                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     settings, app = setup
     monkeypatch.setattr(fair, "code_version", lambda: "abc1234")
-    opt = finished_optimize(app, MODEL, budget=24)
+    opt = finished_optimize(app, MODEL, budget=DEFAULT_BUDGET)
     _set_code(app, opt, "abc1234")
     _adapter(app, {}, tmp_path)  # auto settings: the key matches
     _adapter(app, {"lr": "1e-3"}, tmp_path)  # explicit settings: never the auto stage
@@ -94,7 +95,8 @@ def test_stages_are_reused_by_key_and_not_on_a_changed_key(setup, tmp_path: Path
 
     # Another code version: neither stage matches, both start as children and it waits.
     monkeypatch.setattr(fair, "code_version", lambda: "def5678")
-    ctx2 = _parent_ctx(settings, app, "/compare colours@1 on colours-eval fair budget=24")
+    ctx2 = _parent_ctx(settings, app,
+                       f"/compare colours@1 on colours-eval fair budget={DEFAULT_BUDGET}")
     with pytest.raises(chain.Waiting, match="optimize and fine-tune"):
         fair.FairRunner(ctx2).run()
     kids = chain.children(engine=app.engine, parent_id=ctx2.job_id)
@@ -115,7 +117,7 @@ def _set_code(app: Core, job_id: int, code: str) -> None:
 
 def test_a_failed_stage_fails_the_parent_with_its_reason(setup) -> None:  # type: ignore[no-untyped-def]
     settings, app = setup
-    opt = finished_optimize(app, MODEL, budget=24)
+    opt = finished_optimize(app, MODEL, budget=DEFAULT_BUDGET)
     ctx = _parent_ctx(settings, app, "/compare colours@1 on colours-eval fair")
     with pytest.raises(chain.Waiting, match="waiting for fine-tune"):
         fair.FairRunner(ctx).run()

@@ -14,6 +14,7 @@ from tests.workers.test_prompt_test_e2e import run, texts, wait_final, world  # 
 from tunebot import catalog, datasets, jobs
 from tunebot.commands import parse_ref
 from tunebot.db import session_scope
+from tunebot.handlers.optimize import DEFAULT_BUDGET
 from tunebot.jobs import chain
 from tunebot.models import Job, Prompt
 from workers.runners.fair import code_version
@@ -60,7 +61,7 @@ def finished_optimize(app, model: str, budget: int) -> int:  # type: ignore[no-u
 def test_fair_compare_chains_its_stages_and_reuses_them(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     settings, app, actor, worker, model = world
     link_train(app, settings, tmp_path)
-    opt_id = finished_optimize(app, str(model), budget=24)
+    opt_id = finished_optimize(app, str(model), budget=DEFAULT_BUDGET)
     out = run(app, actor, f"/compare colours@1 on colours-eval fair model={model}")
     assert out.job is not None, out.reply.text
     parent = wait_final(app.engine, out.job.id, timeout=420)
