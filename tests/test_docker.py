@@ -31,6 +31,11 @@ def test_compose_services_images_and_wiring() -> None:
     # The GPU image carries no Slack stack: no bot/ package, no `bot` extra.
     assert "COPY bot" not in worker and "[bot" not in worker and "bot]" not in worker
     assert '".[bot,ops]"' in (REPO / "docker/Dockerfile.bot").read_text()
+    # Both images install from the lock (torch stays per image, outside it).
+    for dockerfile in ("Dockerfile.bot", "Dockerfile.worker"):
+        text = (REPO / "docker" / dockerfile).read_text()
+        assert "COPY pyproject.toml requirements.lock" in text
+        assert "pip install --no-cache-dir -c requirements.lock -e" in text
 
 
 def test_flower_watches_the_redis_broker_and_workers_expose_metrics() -> None:
