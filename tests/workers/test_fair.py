@@ -19,10 +19,10 @@ from tunebot.commands import parse
 from tunebot.core import Actor, Core
 from tunebot.db import make_engine, session_scope
 from tunebot.dispatch import execute
-from tunebot.errors import JobError
+from tunebot.errors import JobError, UserError
 from tunebot.handlers.optimize import DEFAULT_BUDGET
 from tunebot.jobs import chain
-from tunebot.models import Job
+from tunebot.models import Job, Prompt
 from workers.context import JobContext
 from workers.runners import fair
 
@@ -135,3 +135,30 @@ def test_a_failed_stage_fails_the_parent_with_its_reason(setup) -> None:  # type
         "nothing was compared")
     said = [e.payload["text"] for e in jobs.read_events(engine=app.engine, job_id=ctx.job_id)]
     assert sum(f"reusing job #{opt}" in t for t in said) == 1  # said once across both runs
+
+
+def test_bad_fair_requests_are_refused_with_the_reason(setup) -> None:  # type: ignore[no-untyped-def]
+    settings, app = setup
+    actor = Actor(team_id="T0TEAM", user_id="U0ALICE")
+
+    def reply(text: str) -> str:
+        try:
+            cmd = parse(text)
+        except UserError as exc:  # refused by the grammar itself
+            return str(exc)
+        out = execute(cmd, actor, app)
+        assert out.job is None and out.reply.error, out.reply.text
+        return out.reply.text
+
+    base = "/compare colours@1 on colours-eval fair"
+    assert "budget must be between 4 and 200 (got 2)" in reply(f"{base} budget=2")
+    assert "model must be a base model the fair fight can fine-tune" in reply(
+        f"{base} model=openai:gpt-4o-mini")
+    assert "traffic must look like 5000/day" in reply(f"{base} traffic=lots")
+    assert "colours-train is colours's training set" in reply(
+        "/compare colours@1 on colours-train fair")
+    with session_scope(app.engine) as s:
+        s.execute(update(Prompt).where(col(Prompt.name) == "colours").values(datasets={}))
+    assert "prompt colours names no training set (datasets.train)" in reply(base)
+    # Parsed as the fair action, not /compare NAME (a REF with a version is fine here).
+    assert parse(base).action == "fair" and parse(base).args["ref"].version == 1
