@@ -59,10 +59,13 @@ def _scores(engine: Engine, team_id: str) -> tuple[dict[str, Score], dict[str, S
         if job.status != "succeeded" or not job.result:
             continue
         p, r = job.params or {}, job.result
-        if job.kind in ("prompt_test", "prompt_compare"):
+        if job.kind in ("prompt_test", "prompt_compare", "model_compare"):
             for cand, summ in zip(p.get("candidates", []), r.get("summaries", []), strict=False):
                 s = Score(float(summ.get("accuracy", 0.0)), p.get("dataset", ""), _when(job),
                           job.id or 0)
+                if cand.get("adapter"):  # the production gate's pairing of two adapters
+                    model_score(str(cand["adapter"]), s)
+                    continue
                 last_test.setdefault(cand["name"], s)  # newest first: the first one is last
                 model_score(str(p.get("model", "")), s)
         elif job.kind == "compare":
@@ -136,14 +139,18 @@ def home_view(engine: Engine, team_id: str, page: int = 0) -> dict[str, Any]:
     models = registry.list_models(engine=engine, team_id=team_id)
     blocks += [{"type": "divider"}, _md(f"*Models* — {len(models)} version(s)")]
     lines = []
+    labelled = {name: registry.model_labels(engine=engine, team_id=team_id, name=name)
+                for name in {m.name for m in models[:PAGE]}}
     for m in models[:PAGE]:
         ref = f"ft:{m.name}@{m.version}"
+        tags = "".join(f" · {escape(lab)}" for lab, v in labelled[m.name].items()
+                       if v == m.version)
         best = max((s for key, s in best_model.items()
                     if key in (ref, f"ft:{m.name}") or key.startswith(f"ft:{m.name}:")),
                    key=lambda s: s.accuracy, default=None)
         score = (f"best {best.accuracy:.1%} on {escape(best.dataset)} (job #{best.job_id})"
                  if best else "not scored yet")
-        lines.append(f"*{escape(ref)}* · base {escape(m.base_model[-40:])} · prompt "
+        lines.append(f"*{escape(ref)}*{tags} · base {escape(m.base_model[-40:])} · prompt "
                      f"{escape(m.prompt_ref or '—')} · {score}")
     blocks.append(_md("\n".join(lines) or "No fine-tuned models yet."))
 

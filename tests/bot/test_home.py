@@ -48,6 +48,7 @@ def test_home_tab_shows_catalog_jobs_models_and_pages(tmp_path: Path, start_work
                           created_by="U0ALICE", base_model=str(tiny_model_dir),
                           adapter_path=str(tmp_path / "no-adapter"), template="full",
                           prompt_ref="colours@2", metrics={})
+        stack.slash("label colours@1 staging", command="/model", user_id="U0ADMIN")
 
         home = open_home(stack, "U0BOB")
         assert "Prompt catalog* — 25 prompt(s), page 1 of 2" in home
@@ -55,7 +56,7 @@ def test_home_tab_shows_catalog_jobs_models_and_pages(tmp_path: Path, start_work
         assert "guidelines 0 ✗" in home and "(/prompt lint colours)" in home
         assert "not tested yet" in home and "secret-prompt" not in home
         assert home.count("owner <@") == 20
-        assert "ft:colours@1" in home and "not scored yet" in home
+        assert "*ft:colours@1* · staging · base" in home and "not scored yet" in home
 
         # Next page: the remaining five prompts.
         view = stack.slack.home_views["U0BOB"]
