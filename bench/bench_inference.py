@@ -132,6 +132,9 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
+LAST_GENERATIONS: list[Generation] = []  # the latest as_prompt_test call's, for the FLOP count
+
+
 def as_prompt_test(backend: HFBackend, prompts: list[list[Message]],
                    params: GenParams) -> list[str]:
     """Every case in one call, each batch handed back as it finishes (evaluate.evaluate's feed)."""
@@ -140,9 +143,26 @@ def as_prompt_test(backend: HFBackend, prompts: list[list[Message]],
     def on_batch(idx: list[int], gens: list[Generation]) -> None:
         seen.extend(idx)
 
-    texts = [g.text for g in backend.generate(prompts, params, on_batch=on_batch)]
+    gens = backend.generate(prompts, params, on_batch=on_batch)
+    LAST_GENERATIONS[:] = gens
     assert sorted(seen) == list(range(len(prompts)))
-    return texts
+    return [g.text for g in gens]
+
+
+def useful_flops(model: Any, gens: list[Generation]) -> float:
+    """Model FLOPs a prompt test needs: 2 × the decoder's weights × tokens run through it
+    (every prompt token, the shared prefix once, and each new token but the last), plus
+    2 × lm_head's weights per new token (logits only where a token is picked). Padding and
+    attention's own score FLOPs (small at these lengths) are not counted."""
+    emb = model.get_input_embeddings().weight.numel()
+    head = model.get_output_embeddings().weight.numel()
+    body = sum(p.numel() for p in model.parameters()) - emb - (
+        0 if model.get_output_embeddings().weight is model.get_input_embeddings().weight
+        else head)
+    prefix = int(gens[0].extra.get("prefix_tokens", 0)) if gens else 0
+    run = prefix + sum(g.tokens_in - prefix + max(g.tokens_out - 1, 0) for g in gens)
+    new = sum(g.tokens_out for g in gens)
+    return float(2 * body * run + 2 * head * new)
 
 
 def on_pytorch_linear(backend: HFBackend, prompts: list[list[Message]],
@@ -241,6 +261,20 @@ def run(*, quick: bool, device: str, batch_size: int | None, repeats: int, setti
                                                                       strict=True)),
             "accuracy": round(accuracy(texts[name], expected, choices), 4),
         }
+    # Achieved GFLOP/s of the prompt-test path and its fraction of the machine's fp32 peak.
+    from bench.common import peak_fp32_flops
+
+    as_prompt_test(prefixed, prompts, params)  # token counts of this exact run
+    flops = useful_flops(prefixed.model, LAST_GENERATIONS)
+    peak = peak_fp32_flops()
+    med = statistics.median(runs["batched_prefix"])
+    result["compute"] = {
+        "useful_gflop": round(flops / 1e9, 2), "gflops_batched_prefix": round(flops / med / 1e9, 1),
+        "peak_fp32": peak, "fraction_of_peak": round(flops / med / peak["flops"], 3)
+        if peak["flops"] else None,
+        "precision": "fp32 (no bf16 path: " + ("the CPU has bf16 hardware, not used yet)"
+                                               if peak["bf16_hardware"] else
+                                               "the CPU has no AVX512-BF16/AMX)")}
     result["differing_examples"] = [
         {"one_at_a_time": a, "batched_prefix": b}
         for a, b in zip(base, texts["batched_prefix"], strict=True) if a != b][:5]

@@ -80,6 +80,32 @@ def cpu_info() -> dict[str, object]:
             "cores": os.cpu_count()}
 
 
+def peak_fp32_flops() -> dict[str, object]:
+    """The machine's fp32 peak, from the detected ISA, core count and clock (/proc/cpuinfo).
+
+    cores × GHz × FLOP/cycle, with FLOP/cycle = SIMD lanes (16 with AVX-512, 8 with AVX/AVX2,
+    4 otherwise) × 2 (a fused multiply-add is two FLOPs, when FMA is there) × 2 FMA pipes per
+    core (every x86 server core of the last years). The clock read is the current one, not the
+    boost clock: the fraction of peak is an estimate, recorded with its inputs.
+    """
+    info = cpu_info()
+    flags = set(info["cpu_flags"])  # type: ignore[call-overload]
+    lanes = 16 if "avx512f" in flags else 8 if flags & {"avx", "avx2"} else 4
+    per_cycle = lanes * (2 if flags & {"fma", "avx512f"} else 1) * 2
+    mhz = 0.0
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                mhz = float(line.split(":")[1])
+                break
+    except (OSError, ValueError):
+        pass
+    cores = int(info["cores"] or 1)  # type: ignore[call-overload]
+    return {"flops": cores * mhz * 1e6 * per_cycle if mhz else None, "cores": cores,
+            "ghz": round(mhz / 1000, 3), "flop_per_cycle_per_core": per_cycle,
+            "bf16_hardware": bool(flags & {"avx512_bf16", "amx_bf16"})}
+
+
 def library_versions() -> dict[str, str | None]:
     """Installed versions of the libraries whose speed is measured (None: not installed).
 
