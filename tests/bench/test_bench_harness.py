@@ -103,3 +103,40 @@ def test_results_record_machine_and_versions() -> None:
         assert key in info
     assert cpu_info()["cores"] and isinstance(cpu_info()["cpu_flags"], list)
     assert library_versions()["torch"]
+
+
+def test_llamacpp_headline_is_best_config_at_equal_accuracy() -> None:
+    from bench.bench_llamacpp import summarise, sweep
+
+    right = ["positive", "negative"] * 5
+    wrong = ["negative"] * 10  # 50% accuracy
+    times = {"tunebot": [2.0, 2.2, 1.8], "q4_1 np=16 b=2048 ub=512": [3.0, 3.0, 3.0],
+             "f32 np=16 b=2048 ub=512": [5.0, 4.4, 4.5], "f32 np=8 b=512 ub=128": [6.0, 6, 6]}
+    texts = {"tunebot": right, "q4_1 np=16 b=2048 ub=512": wrong,
+             "f32 np=16 b=2048 ub=512": right, "f32 np=8 b=512 ub=128": right}
+
+    def score(t: list[str]) -> float:
+        return sum(a == b for a, b in zip(t, right, strict=True)) / len(right)
+
+    r = summarise(times, texts, score)
+    # The fastest peer lost accuracy, so the headline compares with the fastest equal one.
+    assert r["best_any_accuracy"] == "q4_1 np=16 b=2048 ub=512"
+    assert r["best_equal_accuracy"] == "f32 np=16 b=2048 ub=512"
+    assert r["ratio_vs_best"] == {"min": 2.0, "median": 2.5, "max": 2.5}
+    assert r["configs"]["q4_1 np=16 b=2048 ub=512"]["equal_accuracy"] is False
+    assert r["configs"]["f32 np=16 b=2048 ub=512"]["identical_to_tunebot"] == 10
+    assert r["goal"]["met"] is False
+    # The full sweep: Q4_1 and f32, three slot counts, both batch sizes on f32.
+    full = sweep(quick=False)
+    assert {c[0] for c in full} == {"q4_1", "f32"} and {c[1] for c in full} == {8, 16, 40}
+    assert len(full) == len(set(full)) == 9
+
+
+def test_llamacpp_without_peers_names_the_make_target(tmp_path: Path, monkeypatch) -> None:
+    import pytest
+
+    from bench import bench_llamacpp
+
+    monkeypatch.setattr(bench_llamacpp, "PEERS", tmp_path)
+    with pytest.raises(SystemExit, match="make bench-peers"):
+        bench_llamacpp.server_binary()
