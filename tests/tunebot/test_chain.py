@@ -166,7 +166,14 @@ def test_a_childs_messages_are_told_in_its_parents_thread(lite: Engine) -> None:
     child = _child(engine, waker, parent, "optimize")
     jobs.emit(engine=engine, job_id=child.id, reply=jobs.store.Reply(text="12 candidates"))
     jobs.emit(engine=engine, job_id=child.id, kind="status",
-              reply=jobs.store.Reply(text="running 40%", status="running 40%"))
-    said = [e.payload["text"] for e in jobs.read_events(engine=engine, job_id=parent.id)]
-    assert said[-1] == f"↳ #{child.id} noop: 12 candidates"  # its root line is not copied
-    assert not any("running 40%" in t for t in said)
+              reply=jobs.store.Reply(text="running 40%", status="x · #9 · running 40%"))
+    said = [(e.kind, e.payload["text"]) for e in jobs.read_events(engine=engine,
+                                                                  job_id=parent.id)]
+    assert said[-1] == ("reply", f"↳ #{child.id} noop: 12 candidates")  # not its root line
+    # A progress ping moves the parent's root line, naming the stage.
+    jobs.emit(engine=engine, job_id=child.id, reply=jobs.store.Reply(
+        text="step 7/42", status="x · #9 · running 17%"))
+    kind, text = [(e.kind, e.payload) for e in jobs.read_events(engine=engine,
+                                                               job_id=parent.id)][-1]
+    assert kind == "status" and text["status"] == (
+        f"parent · #{parent.id} · stage #{child.id} noop running 17%: step 7/42")

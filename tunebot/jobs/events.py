@@ -50,8 +50,9 @@ def emit(*, engine: Engine, job_id: int, reply: Reply, waker: Waker | None = Non
     """Record what a job says (next seq in its thread) and ask the notifier to deliver it.
 
     A child job (a stage of its parent, tunebot/jobs/chain.py) speaks in its parent's thread:
-    its messages are copied there, marked with the child's number (its root status line is
-    not: the parent keeps its own), so one Slack thread tells the whole chain.
+    its messages are copied there, marked with the child's number, and its progress pings
+    become the parent's root line (its own root line is not copied), so one Slack thread
+    tells the whole chain.
     """
     for _ in range(5):
         try:
@@ -64,8 +65,11 @@ def emit(*, engine: Engine, job_id: int, reply: Reply, waker: Waker | None = Non
                 parent = session.get(Job, job.parent_id) if job.parent_id is not None and \
                     kind == "reply" else None
                 if parent is not None:
-                    add_event(session=session, job=parent, kind="reply",
-                              reply=stage_reply(job, reply))
+                    # A progress ping (it carries a status line) moves the parent's root
+                    # line instead of adding a message to its thread.
+                    add_event(session=session, job=parent,
+                              kind="status" if reply.status else "reply",
+                              reply=stage_reply(job, reply, parent))
             break
         except IntegrityError:  # two writers took the same seq: take the next one
             continue
@@ -78,9 +82,15 @@ def emit(*, engine: Engine, job_id: int, reply: Reply, waker: Waker | None = Non
     return event
 
 
-def stage_reply(child: Job, reply: Reply) -> Reply:
-    """A child's message as its parent's thread shows it: prefixed with the child's number."""
+def stage_reply(child: Job, reply: Reply, parent: Job) -> Reply:
+    """A child's message as its parent's thread shows it: prefixed with the child's number;
+    a progress ping as the parent's root line (the stage and how far it is)."""
     mark = f"↳ #{child.id} {child.kind}"
+    if reply.status:
+        how = reply.status.rsplit("·", 1)[-1].strip()
+        line = f"{parent.title or parent.kind} · #{parent.id} · stage #{child.id} " \
+               f"{child.kind} {how}: {reply.text}"[:300]
+        return Reply(text=line, status=line)
     blocks = [context(mark), *reply.blocks] if reply.blocks else []
     return Reply(text=f"{mark}: {reply.text}", blocks=blocks, error=reply.error)
 
