@@ -31,7 +31,7 @@ def buttons_for(kind: str, status: str, params: dict[str, Any], job_id: int) -> 
     """The buttons under a job's final message."""
     value = str(job_id)
     out: list[dict[str, str]] = []
-    if kind == "prompt_test" and status == "succeeded":
+    if kind in ("prompt_test", "prompt_optimize") and status == "succeeded":
         out.append({"action_id": PROMOTE, "text": "Promote to production", "value": value})
         out.append({"action_id": COMPARE_PRODUCTION, "text": "Compare with production",
                     "value": value})
@@ -61,9 +61,14 @@ def run_action(action_id: str, value: str, actor: Actor, app: Core,
             return execute(parse(f"/tunebot cancel {job.id}"), actor, app)
         if action_id == RERUN:
             return _rerun(job, actor, app, resolve_groups)
-        if job.kind != "prompt_test":
+        if job.kind == "prompt_optimize":  # the buttons act on the version it saved
+            cand = (job.result or {}).get("saved")
+            if not cand:
+                raise UserError(f"job #{job.id} saved no version: no candidate beat its start")
+        elif job.kind == "prompt_test":
+            cand = (job.params or {})["candidates"][0]
+        else:
             raise UserError(f"job #{job.id} is not a prompt test")
-        cand = (job.params or {})["candidates"][0]
         pinned = f"{cand['name']}@{cand['version']}"
         if action_id == PROMOTE:
             return execute(parse(f"/prompt label {pinned} production"), actor, app)

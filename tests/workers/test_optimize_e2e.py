@@ -12,10 +12,12 @@ import pytest
 
 from tests.conftest import make_settings, wait_final
 from tunebot import catalog, datasets, jobs, migrate
+from tunebot.buttons import COMPARE_PRODUCTION, PROMOTE, buttons_for, run_action
 from tunebot.commands import parse
 from tunebot.core import Actor, build_core
 from tunebot.db import session_scope
 from tunebot.dispatch import execute
+from tunebot.errors import UserError
 from tunebot.replies import Reply, render_text
 
 # The tiny model's weights are random, so no prompt makes it answer right. What a candidate can
@@ -102,6 +104,13 @@ def test_optimize_saves_a_candidate_version_with_the_paired_result(world) -> Non
     assert "Leaderboard on the dev split" in said and "Verdict:" in said
     assert "2 training rows dropped" in said  # the eval inputs never reach the dev split
     assert "Saved shades@2" in said and "labelled `candidate`" in said
+    # the buttons act on the saved version: Promote is `/prompt label shades@2 production`
+    assert {b["action_id"] for b in buttons_for(job.kind, job.status, p, job.id)} >= {
+        PROMOTE, COMPARE_PRODUCTION}
+    promoted = run_action(PROMOTE, str(job.id), actor, app)  # through the production gate
+    assert "production moves on evidence" in promoted.reply.text, promoted.reply.text
+    with session_scope(app.engine) as s:
+        assert catalog.labels_of(session=s, team_id="T0TEAM", name="shades") == {"candidate": 2}
 
 
 def test_optimize_splits_the_eval_set_and_can_be_cancelled(world) -> None:  # type: ignore[no-untyped-def]
@@ -123,9 +132,16 @@ def test_optimize_splits_the_eval_set_and_can_be_cancelled(world) -> None:  # ty
 
 def test_bad_optimize_input_gets_a_clear_reply(world) -> None:  # type: ignore[no-untyped-def]
     settings, app, actor, worker, model = world
-    assert "budget must be between 4 and 200" in run(
-        app, actor, "/prompt optimize shades on shades-eval budget=1").reply.text
-    assert "no dataset `nope`" in run(
-        app, actor, "/prompt optimize shades on shades-eval train=nope").reply.text
-    assert "proposer must be openai:NAME" in run(
-        app, actor, "/prompt optimize shades on shades-eval proposer=smollm2").reply.text
+
+    def said(text: str) -> str:
+        try:
+            return run(app, actor, text).reply.text
+        except UserError as exc:  # the grammar's own checks (ranges, names) come from parse
+            return str(exc)
+
+    assert "budget must be between 4 and 200 (got 1)" in said(
+        "/prompt optimize shades on shades-eval budget=1")
+    assert "no dataset `nope`" in said("/prompt optimize shades on shades-eval train=nope")
+    assert "proposer must be openai:NAME" in said(
+        "/prompt optimize shades on shades-eval proposer=smollm2")
+    assert "no prompt `nope`" in said("/prompt optimize nope on shades-eval")

@@ -20,7 +20,7 @@ ROUTES = Routes()
 
 USAGE = ("/prompt optimize REF on DATASET [train=DATASET] [model=M] [budget=N] "
          "[proposer=openai:NAME]")
-DEFAULT_BUDGET = 24  # candidates raced on the dev split; sized for ~5 min on SmolLM2, 2 CPUs
+DEFAULT_BUDGET = 16  # candidates raced on the dev split; sized for ~5 min on SmolLM2, 2 CPUs
 MIN_BUDGET, MAX_BUDGET = 4, 200
 
 

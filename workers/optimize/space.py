@@ -133,7 +133,9 @@ def label_definitions(rows: Sequence[dict[str, Any]], choices: Sequence[str],
         odf = Counter(w for d in others for w in d)
         score = {w: n / max(len(mine), 1) - odf[w] / max(len(others), 1)
                  for w, n in df.items() if n >= 2}
-        words = [w for w, s in sorted(score.items(), key=lambda t: (-t[1], t[0])) if s > 0]
+        names = {c.lower() for c in choices}
+        words = [w for w, s in sorted(score.items(), key=lambda t: (-t[1], t[0]))
+                 if s > 0 and w not in names]
         if words[:per_label]:
             lines.append(f"{choice}: {', '.join(words[:per_label])}")
     return "\n".join(lines)

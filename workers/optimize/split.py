@@ -2,8 +2,8 @@
 
 With a training set: dev and pool come from it (training rows whose input also appears in the
 eval set are dropped first), and every eval row is held out. Without one, the eval set itself is
-split, seeded and stratified by the expected answer: every other row of the stratified order
-(half) is held out and untouched until the final measurement; of the rest, the first 60% is
+split, seeded and stratified by the expected answer: every other row of each answer (half)
+is held out and untouched until the final measurement; of the rest, the first 60% is
 the dev split and the remaining 40% the demo pool.
 """
 
@@ -86,10 +86,15 @@ def make_split(eval_rows: list[dict[str, Any]], train_rows: list[dict[str, Any]]
                    if dropped else "") + f"; held out: all {len(eval_rows)} eval rows")
         return Split(dev, pool, list(eval_rows), "train", note, dropped)
     order = stratified_order(eval_rows, seed)
-    heldout_ids = {id(r) for r in order[0::2]}
+    count: dict[str, int] = defaultdict(int)
+    heldout_ids = set()
+    for row in order:  # every other row of each answer: the held-out half is balanced too
+        if count[answer_key(row)] % 2 == 0:
+            heldout_ids.add(id(row))
+        count[answer_key(row)] += 1
     # Held-out rows keep the eval set's order, so a case number means the same row everywhere.
     heldout = [r for r in eval_rows if id(r) in heldout_ids]
-    rest = order[1::2]
+    rest = [r for r in order if id(r) not in heldout_ids]
     n_dev = min(DEV_MAX, max(2, round(EVAL_DEV_SHARE * len(rest))))
     dev, pool = rest[:n_dev], [r for r in rest[n_dev:] if demo_safe(r)]
     note = (f"no training set: the eval set is split (seeded, stratified by answer): "

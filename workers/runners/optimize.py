@@ -27,6 +27,7 @@ from workers.optimize.space import (
     Candidate,
     Parts,
     Recipe,
+    TokenLen,
     answer_tokens,
     build,
     demo_counts,
@@ -35,7 +36,7 @@ from workers.optimize.space import (
 )
 from workers.optimize.split import Split, make_split
 from workers.runners import report
-from workers.runners.evaluate import evaluate, gen_params, render_all, scorer_specs
+from workers.runners.evaluate import CandidateRun, evaluate, gen_params, render_all, scorer_specs
 from workers.runners.finetune import _code_version
 from workers.runners.optimize_save import save_winner
 from workers.runners.prompt_test import check_rows, load_rows, load_version
@@ -86,7 +87,7 @@ class OptimizeRunner:
         if len(split.dev) < 2 or not split.heldout:
             raise JobError(f"too few rows to optimise: {split.note}")
         ctx.say(f"Optimising {start_name} for {p['model']} — {split.note}.")
-        started = time.monotonic()
+        started, cpu0 = time.monotonic(), time.process_time()
         backend = backend_for(p["model"], ctx.settings,
                               resolve_ft=registry.ft_resolver(ctx.engine, ctx.job.team_id))
         self.backend = backend
@@ -110,7 +111,10 @@ class OptimizeRunner:
         race_s = time.monotonic() - started
         ctx.say(self._leaderboard_reply(board))
         ctx.check()
-        return self._finish(start_v.content, start_name, board, split, race_s, started)
+        result = self._finish(start_v.content, start_name, board, split, race_s, started)
+        # CPU seconds next to the wall time: on a shared machine the wall time says little
+        result["cpu_seconds"] = round(time.process_time() - cpu0, 1)
+        return result
 
     # --- the space -----------------------------------------------------------------------
 
@@ -164,7 +168,7 @@ class OptimizeRunner:
         return Candidate(name, content, recipe, origin=origin)
 
     def _probe(self, space: Parts, choices: list[str] | None,
-               tok: prep.TokenLen) -> list[dict[str, Any]] | None:
+               tok: TokenLen) -> list[dict[str, Any]] | None:
         """Bootstrap: a one-demo-per-answer prompt answers pool rows; those it gets right (the
         examples the model handles) come first in the bootstrapped demo set."""
         pool = self.split.pool
@@ -259,6 +263,8 @@ class OptimizeRunner:
     def _evaluate(self, cand: Candidate, idx: list[int]) -> list[float]:
         with self.tally.lock:
             self.tally.tried.add(cand.name)
+            if self.tally.rung == "preparing":
+                self.tally.rung = f"rung 1 ({max(idx) + 1} dev rows)"
         try:
             res = self._score(cand.content, [self.split.dev[i] for i in idx])
         except JobError as exc:
@@ -310,7 +316,7 @@ class OptimizeRunner:
         ctx.say(f"Measuring {start_name} and the winner ({winner.cand.name}) once on the "
                 f"{n} held-out cases of {p['dataset']}"
                 + (" (the held-out part of its split)" if split.source == "eval" else "") + ".")
-        runs = []
+        runs: list[CandidateRun] = []
         for name, content in ((start_name, start_content),
                               (f"{start_name} optimized", winner.cand.content)):
             gen = gen_params(content, temperature=None, max_tokens=None)
