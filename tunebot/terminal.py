@@ -40,8 +40,9 @@ def follow(app: Core, job_id: int, *, poll: float = 0.3) -> int:
                 seen = ev.seq
                 print_event(job_id, Reply.from_dict(ev.payload), ev.kind)
             return 0 if job.status == "succeeded" else 1
-        if (job.status == "queued" and job.attempt == 0 and not warned
-                and time.monotonic() - started > NO_WORKER_SECONDS):
+        # Never started (a parent woken between its stages has, and may wait its turn).
+        if (job.status == "queued" and job.attempt == 0 and job.started_at is None
+                and not warned and time.monotonic() - started > NO_WORKER_SECONDS):
             warned = True
             typer.echo(f"No worker has taken job #{job_id} in {NO_WORKER_SECONDS:.0f} s. "
                        f"Start one in another terminal: `tunebot worker --queues {job.queue}` "
