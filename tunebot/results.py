@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete
+from sqlalchemy import Table, bindparam, delete, update
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
@@ -25,3 +25,20 @@ def add_case_results(*, engine: Engine, job_id: int, candidate: str,
     with session_scope(engine) as session:
         for row in rows:
             session.add(CaseResult(job_id=job_id, candidate=candidate, **row))
+
+
+def set_latencies(*, engine: Engine, job_id: int, candidate: str,
+                  latencies: dict[tuple[int, int], float]) -> None:
+    """Replace stored per-case latencies, keyed by (case, sample), in one transaction (the
+    single-request times a run measures after its batch)."""
+    if not latencies:
+        return
+    t = cast(Table, getattr(CaseResult, "__table__"))  # noqa: B009  # untyped on SQLModel
+    stmt = update(t).where(
+        t.c.job_id == bindparam("b_job"), t.c.candidate == bindparam("b_cand"),
+        t.c.case_index == bindparam("b_case"), t.c.sample_index == bindparam("b_sample"),
+    ).values(latency_ms=bindparam("b_ms"))
+    params = [{"b_job": job_id, "b_cand": candidate, "b_case": case, "b_sample": sample,
+               "b_ms": ms} for (case, sample), ms in latencies.items()]
+    with session_scope(engine) as session:
+        session.connection().execute(stmt, params)

@@ -24,12 +24,16 @@ from workers.runners.prompt_test import load_rows, load_version
 
 
 def serving_cost_per_1k(run: CandidateRun, device: str, settings: Any, api: bool) -> float:
-    """Cost of 1,000 calls: API tokens at the token price, local models by measured seconds."""
+    """Cost of 1,000 calls: API tokens at the token price; a local model by its measured
+    throughput (1,000 calls ÷ cases per second, batched as served), not by its latency."""
     cases = run.first_samples()
     if api:
         tokens = sum(o.tokens_in + o.tokens_out for o in cases) / max(len(cases), 1)
         return tokens * settings.price_per_1k_tokens
-    seconds = sum(o.latency_ms for o in cases) / max(len(cases), 1) / 1000.0
+    if run.throughput > 0:
+        seconds = 1.0 / run.throughput
+    else:  # nothing timed (no cases): the per-case times are all there is
+        seconds = sum(o.latency_ms for o in cases) / max(len(cases), 1) / 1000.0
     hour = settings.price_gpu_hour if device.startswith("cuda") else settings.price_cpu_hour
     return 1000.0 * seconds * hour / 3600.0
 
@@ -149,6 +153,7 @@ class CompareRunner:
                              stats.format_ci(*summ["ci"]),
                              "—" if run is base_run else stats.format_p(pval),
                              f"{summ['latency_p50_ms']:.0f}/{summ['latency_p95_ms']:.0f}",
+                             f"{summ['throughput_cps']:.1f}",
                              f"{summ['tokens_in']:.0f}/{summ['tokens_out']:.0f}",
                              f"${cost:.4f}", f"${cand.cost_per_1k_correct:.4f}",
                              f"{bad}/{summ['cases']}"])
@@ -170,10 +175,12 @@ class CompareRunner:
             learning_note=str((mv.metrics or {}).get("learning_note", "")) if mv else ""))
         chart = self._chart(summaries)
         deploy = self._deploy_times(mv)
-        header = ["candidate", "accuracy", "95% CI", "p vs prompt", "p50/p95 ms",
+        header = ["candidate", "accuracy", "95% CI", "p vs prompt", "p50/p95 ms", "cases/s",
                   "tokens in/out", "$/1k calls", "$/1k correct", "degenerate"]
         prices = (f"prices: GPU ${s.price_gpu_hour}/h · CPU ${s.price_cpu_hour}/h · "
-                  f"API ${s.price_per_1k_tokens}/1k tokens (TUNEBOT_PRICE_*)")
+                  f"API ${s.price_per_1k_tokens}/1k tokens (TUNEBOT_PRICE_*); a local model's "
+                  "$/1k calls from its throughput (cases/s, batched); "
+                  + report.latency_note(summaries[0]))
         lines = [f"training cost {money(training_cost)} ({train_seconds:.0f} s on "
                  f"{train_device})" if mv else "no training (both candidates are prompts)",
                  f"time to deploy: {deploy}; the prompt: {n_versions} version(s), {n_tests} "

@@ -1,4 +1,12 @@
-"""One candidate (a prompt version on a model) over eval rows: render, generate, score, store."""
+"""One candidate (a prompt version on a model) over eval rows: render, generate, score, store.
+
+Latency means what one caller waits. A batched backend answers every case at once, so the
+batch's time says nothing about a single request: after the batch, a few cases (LATENCY_SAMPLE,
+spread over the answers' lengths, within LATENCY_SECONDS) are sent again one at a time and
+timed; every other case's latency is estimated from its answer length with a line fitted to
+those measurements. The batch's own time gives the throughput (cases/s), which the sample does
+not touch. Callers that only rank candidates (optimize races) pass latency_sample=False.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,7 @@ from typing import Any
 
 from tunebot.catalog.templates import render_rows
 from tunebot.errors import JobError, UserError
-from tunebot.results import add_case_results, clear_case_results
+from tunebot.results import add_case_results, clear_case_results, set_latencies
 from workers.backends.base import Backend, Generation, GenParams
 from workers.context import JobContext
 from workers.scoring import (
@@ -22,6 +30,9 @@ from workers.scoring import (
     validate_specs,
 )
 from workers.scoring.base import Score
+
+LATENCY_SAMPLE = 8  # single requests timed after the batch
+LATENCY_SECONDS = 30.0  # at most this long (and about half the batch's time), two requests always
 
 
 @dataclass
@@ -60,6 +71,17 @@ class CandidateRun:
     samples: int
     outcomes: list[CaseOutcome] = field(default_factory=list)
     seconds: float = 0.0
+    # How latency_ms was found: "single requests" (n measured, the rest estimated from their
+    # answer length), "per request" (the backend answers each call on its own) or "batch
+    # share" (not sampled: the batch's time split over its cases, not a caller's wait).
+    latency_method: str = "batch share"
+    latency_measured: int = 0
+    generate_seconds: float = 0.0  # the batch's generation time, scoring and storage apart
+
+    @property
+    def throughput(self) -> float:
+        """Cases answered per second in the batch (every sample counted)."""
+        return len(self.outcomes) / self.generate_seconds if self.generate_seconds > 0 else 0.0
 
     def first_samples(self) -> list[CaseOutcome]:
         """Sample 0 of every case, in case order (what accuracy and pairing use)."""
@@ -117,8 +139,12 @@ def render_all(content: dict[str, Any], rows: list[dict[str, Any]],
 
 def evaluate(ctx: JobContext, *, name: str, content: dict[str, Any], rows: list[dict[str, Any]],
              backend: Backend, gen: GenParams, samples: int = 1, done: int = 0,
-             total: int | None = None, store: bool = True) -> CandidateRun:
-    """Run a candidate over rows × samples, scoring and storing each case; reports progress."""
+             total: int | None = None, store: bool = True,
+             latency_sample: bool = True) -> CandidateRun:
+    """Run a candidate over rows × samples, scoring and storing each case; reports progress.
+
+    With latency_sample (the default), a batched backend's per-case latency is then measured
+    on a few single requests (see the module's note); False keeps the batch share."""
     output_spec = content.get("output") or {"format": "text"}
     specs = scorer_specs(content, rows)
     ctx.check()
@@ -126,6 +152,8 @@ def evaluate(ctx: JobContext, *, name: str, content: dict[str, Any], rows: list[
     total = total or len(rows) * samples
     run = CandidateRun(name=name, output_spec=output_spec, samples=samples)
     started = time.monotonic()
+    busy = 0.0  # time spent scoring and storing, outside generation
+    batched = False
     passed_so_far: list[bool] = []
     if store:
         # a resumed run starts this candidate over
@@ -139,7 +167,9 @@ def evaluate(ctx: JobContext, *, name: str, content: dict[str, Any], rows: list[
         def scored(idx: list[int], gens: list[Generation], sample: int = sample) -> None:
             # Every case of a sample goes to the backend in one call (one length sort, one
             # shared prefix); each finished batch is scored, stored and reported here.
-            nonlocal done
+            nonlocal done, busy, batched
+            t0 = time.monotonic()
+            batched = batched or any(int(str(g.extra.get("batch_size", 1))) > 1 for g in gens)
             batch = []
             for i, g in zip(idx, gens, strict=True):
                 row = rows[i]
@@ -163,12 +193,67 @@ def evaluate(ctx: JobContext, *, name: str, content: dict[str, Any], rows: list[
             acc = sum(passed_so_far) / len(passed_so_far) if passed_so_far else 0.0
             ctx.progress(done / total, f"{done}/{total} done · {name}: running accuracy "
                                        f"{acc:.0%}")
+            busy += time.monotonic() - t0
             ctx.check()
 
         backend.generate(prompts, params, on_batch=scored)
     run.outcomes.sort(key=lambda o: (o.sample, o.index))
     run.seconds = time.monotonic() - started
+    run.generate_seconds = max(run.seconds - busy, 1e-9)
+    if not batched:
+        run.latency_method = "per request"
+    elif latency_sample and run.outcomes:
+        measure_latency(ctx, run, prompts, backend, gen, store=store)
     return run
+
+
+def measure_latency(ctx: JobContext, run: CandidateRun, prompts: list[list[dict[str, str]]],
+                    backend: Backend, gen: GenParams, *, store: bool = True) -> None:
+    """Time a few cases as single requests after the batch and give every case a latency: the
+    measured time for those, and for the rest a line through the measurements by answer
+    length (decoding dominates a small model's time, one forward per new token)."""
+    firsts = run.first_samples()
+    by_len = sorted(firsts, key=lambda o: (o.tokens_out, o.index))
+    k = min(LATENCY_SAMPLE, len(by_len))
+    picks = list(dict.fromkeys(by_len[round(j * (len(by_len) - 1) / max(k - 1, 1))].index
+                               for j in range(k)))
+    budget = min(LATENCY_SECONDS, max(2.0, run.generate_seconds / 2))
+    params = GenParams(gen.temperature, gen.top_p, gen.max_new_tokens, gen.stop, gen.seed)
+    measured: dict[int, tuple[int, float]] = {}
+    started = time.monotonic()
+    for i in picks:
+        ctx.check()
+        if len(measured) >= 2 and time.monotonic() - started > budget:
+            break
+        t0 = time.perf_counter()
+        (g,) = backend.generate([prompts[i]], params)
+        measured[i] = (g.tokens_out, (time.perf_counter() - t0) * 1000)
+    if not measured:
+        return
+    a, b = _fit(list(measured.values()))
+    floor = min(ms for _, ms in measured.values()) / 2
+    latencies: dict[tuple[int, int], float] = {}
+    for o in run.outcomes:
+        got = measured.get(o.index) if o.sample == 0 else None
+        o.latency_ms = got[1] if got else max(a + b * o.tokens_out, floor)
+        latencies[(o.index, o.sample)] = o.latency_ms
+    run.latency_method, run.latency_measured = "single requests", len(measured)
+    if store:
+        set_latencies(engine=ctx.engine, job_id=ctx.job_id, candidate=run.name,
+                      latencies=latencies)
+
+
+def _fit(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares latency = a + b × tokens_out; flat (the mean) without spread or with a
+    negative slope (noise: a longer answer is never faster)."""
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if n < 2 or sxx == 0:
+        return my, 0.0
+    b = sum((x - mx) * (y - my) for x, y in points) / sxx
+    return (my, 0.0) if b < 0 else (my - b * mx, b)
 
 
 def _store(ctx: JobContext, name: str, batch: list[CaseOutcome]) -> None:

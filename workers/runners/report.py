@@ -6,7 +6,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from tunebot import stats
-from tunebot.replies import Reply, fields, section, table
+from tunebot.replies import Reply, context, fields, section, table
 from workers.runners.evaluate import CandidateRun, CaseOutcome
 from workers.scoring import INVALID, classification_report, extract_json
 
@@ -36,6 +36,8 @@ def summarize(run: CandidateRun) -> dict[str, Any]:
         "tokens_in": sum(o.tokens_in for o in cases) / max(len(cases), 1),
         "tokens_out": sum(o.tokens_out for o in cases) / max(len(cases), 1),
         "seconds": run.seconds,
+        "throughput_cps": run.throughput, "latency_method": run.latency_method,
+        "latency_measured": run.latency_measured,
     }
     by_scorer: dict[str, list[float]] = defaultdict(list)
     for o in cases:
@@ -92,8 +94,9 @@ def summary_reply(run: CandidateRun, s: dict[str, Any]) -> Reply:
     ci = stats.format_ci(*s["ci"])
     head = (f"{run.name}: accuracy {s['accuracy']:.1%} (95% CI {ci}) over {s['judged']} cases · "
             f"latency p50 {s['latency_p50_ms']:.0f} ms, p95 {s['latency_p95_ms']:.0f} ms · "
+            f"{s['throughput_cps']:.1f} cases/s · "
             f"{s['tokens_in']:.0f} → {s['tokens_out']:.0f} tokens")
-    blocks = [section(head)]
+    blocks = [section(head), context(latency_note(s))]
     for name, sc in s["scores"].items():
         slo, shi = sc["ci"]
         blocks.append(section(f"{name}: mean {sc['mean']:.3f} (95% CI "
@@ -122,6 +125,19 @@ def summary_reply(run: CandidateRun, s: dict[str, Any]) -> Reply:
         blocks.append(section("worst cases:\n" + "\n".join(lines)))
     text = f"{head}"
     return Reply(text=text, blocks=blocks)
+
+
+def latency_note(s: dict[str, Any]) -> str:
+    """How a summary's latency and throughput were measured, in one line."""
+    method = s.get("latency_method")
+    if method == "single requests":
+        lat = (f"latency: what one request waits — {s['latency_measured']} case(s) sent alone "
+               "after the batch and timed, the others estimated from their answer length")
+    elif method == "per request":
+        lat = "latency: each request timed on its own"
+    else:
+        lat = "latency: the batch's time shared over its cases (not one request's wait)"
+    return f"{lat}; throughput: cases per second answered in the batch"
 
 
 def degenerate(run: CandidateRun, max_new_tokens: int) -> tuple[int, str]:
