@@ -70,6 +70,7 @@ class FairRunner:
         self.p = ctx.job.params
         self.notes: dict[str, Any] = dict(ctx.job.result or {})
         self.code = code_version()
+        self._hashes: dict[tuple[str, int | None], str] = {}
 
     # -- the chain ------------------------------------------------------------------------
 
@@ -106,8 +107,12 @@ class FairRunner:
     def _dataset_hash(self, name: str | None, version: int | None) -> str | None:
         if not name:
             return None
-        return datasets.get_dataset(engine=self.ctx.engine, team_id=self.ctx.job.team_id,
-                                    name=name, version=version).content_hash
+        key = (name, version)
+        if key not in self._hashes:  # one query per dataset version, however many jobs
+            self._hashes[key] = datasets.get_dataset(
+                engine=self.ctx.engine, team_id=self.ctx.job.team_id, name=name,
+                version=version).content_hash
+        return self._hashes[key]
 
     # -- stage 1: optimize ----------------------------------------------------------------
 
