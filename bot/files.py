@@ -12,18 +12,21 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from tunebot.datasets.uploads import Pending
 from tunebot.errors import UserError
 from tunebot.settings import Settings
 
 DATASET_ADD = re.compile(
-    r"^\s*(?:<@[A-Z0-9]+(?:\|[^>]*)?>\s*)?/?(?:tunebot\s+)?dataset\s+add\s+(\S+)\s*$", re.I)
+    r"^\s*(?:<@[A-Z0-9]+(?:\|[^>]*)?>\s*)?/?(?:tunebot\s+)?dataset\s+add\s+(\S+)"
+    r"(?:\s+expected=(\S+))?\s*$", re.I)
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def requested_name(text: str) -> str | None:
-    """NAME when the message says `dataset add NAME` (optionally after a mention)."""
+def requested(text: str) -> Pending | None:
+    """NAME (and COLUMN) when the message says `dataset add NAME [expected=COLUMN]`
+    (optionally after a mention)."""
     m = DATASET_ADD.match(text or "")
-    return m.group(1) if m else None
+    return Pending(m.group(1), m.group(2)) if m else None
 
 
 def trusted(url: str, hosts: list[str]) -> bool:

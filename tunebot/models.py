@@ -274,6 +274,8 @@ class PendingUpload(SQLModel, table=True):
     user_id: str = Field(max_length=64)
     channel: str = Field(max_length=64)
     name: str = Field(max_length=64)
+    # `/dataset add NAME expected=COLUMN`: the column applied when the file arrives.
+    expected_column: str | None = Field(default=None, max_length=128)
     created_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime
     used_at: datetime | None = None

@@ -46,17 +46,26 @@ def register(app: BoltApp, core: Core) -> None:
                 open_prompt_form(client, core, cmd, command)
                 return
             if (cmd.family, cmd.action) == ("dataset", "add"):
+                column = cmd.params.get("expected")
                 try:
                     expect_upload(engine=core.engine, team_id=command["team_id"],
                                   user_id=command["user_id"],
-                                  channel=command.get("channel_id", ""), name=cmd.args["name"])
+                                  channel=command.get("channel_id", ""), name=cmd.args["name"],
+                                  expected_column=column)
+                except UserError as exc:  # a bad expected=COLUMN: said now, not on upload
+                    reply = error(str(exc), exc.usage)
+                    context[OUTCOME] = "error"
+                    ack(text=fallback_text(reply), blocks=reply_blocks(reply),
+                        response_type="ephemeral")
+                    return
                 except Exception:  # the database is away: say so, never crash
                     context[OUTCOME] = "unavailable"
                     ack(text=UNAVAILABLE, response_type="ephemeral")
                     return
+                mapped = f", with the expected answers in column `{column}`" if column else ""
                 text = (f"Upload the file for dataset {cmd.args['name']} here within "
-                        f"{PENDING_MINUTES} minutes (JSONL, CSV or YAML rows, or training "
-                        "data); I'll check it and answer in its thread.")
+                        f"{PENDING_MINUTES} minutes (JSONL, CSV, YAML, Parquet or Arrow rows, "
+                        f"or training data{mapped}); I'll check it and answer in its thread.")
                 ack(text=escape(text), response_type="ephemeral")
                 return
             # Slack never retries slash commands, but a client or proxy may resend the body:

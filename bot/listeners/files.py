@@ -24,7 +24,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot.blocks import fallback_text, reply_blocks
-from bot.files import download, requested_name, staging_dir
+from bot.files import download, requested, staging_dir
 from bot.listeners.common import actor_for, failure_reply, retry_num
 from tunebot.commands import parse
 from tunebot.core import Core, Outcome
@@ -100,16 +100,18 @@ def register(app: BoltApp, core: Core) -> None:
                      body.get("event_id"), channel)
             return
         retried = retry_num(request) > 0
-        name = requested_name(event.get("text", ""))
-        if name is None:
+        asked = requested(event.get("text", ""))
+        if asked is None:
             try:
-                name = take_pending(engine=core.engine, team_id=team, user_id=user, channel=channel)
+                asked = take_pending(engine=core.engine, team_id=team, user_id=user,
+                                     channel=channel)
             except Exception as exc:
                 log.warning("pending upload lookup failed: %s", exc)
                 SEEN.release(delivery)  # not taken: a retry may still find it
                 return
-        if name is None:
+        if asked is None:
             return  # an ordinary file share, not for tunebot
+        name = asked.name
         thread = event.get("thread_ts") or event["ts"]
         files = event.get("files") or []
         # The same file for the same dataset in two events at once: one add, one answer.
@@ -121,7 +123,7 @@ def register(app: BoltApp, core: Core) -> None:
         def work() -> None:
             try:
                 outcome = ingest(client, core, files, team=team, user=user, channel=channel,
-                                 name=name)
+                                 name=name, expected_column=asked.expected_column)
             finally:
                 SEEN.release(adding)
             if retried and outcome.extra.get("created") is False:
@@ -139,9 +141,9 @@ def register(app: BoltApp, core: Core) -> None:
 
 
 def ingest(client: WebClient, core: Core, files: list[dict[str, Any]], *, team: str, user: str,
-           channel: str, name: str) -> Outcome:
-    """Download the (single) file and run `/dataset add NAME` on it; every failure is an
-    answer (never an exception), so the thread always hears how the upload went."""
+           channel: str, name: str, expected_column: str | None = None) -> Outcome:
+    """Download the (single) file and run `/dataset add NAME [expected=COLUMN]` on it; every
+    failure is an answer (never an exception), so the thread always hears how it went."""
     if len(files) != 1:
         return Outcome(error(f"share exactly one file with `dataset add {name}` "
                              f"(got {len(files)})"))
@@ -162,7 +164,11 @@ def ingest(client: WebClient, core: Core, files: list[dict[str, Any]], *, team: 
         actor = actor_for(core, team_id=team, user_id=user, channel=channel, thread_ts=None,
                           response_url=None, key=None)
         # The store answers a dataset folder it cannot write with a UserError of its own.
-        return execute(parse(f"/dataset add {name}"), actor, core, path)
+        cmd = parse(f"/dataset add {name}")
+        if expected_column is not None:
+            # Set on the parsed command, not spliced into its text: any column name is safe.
+            cmd.params["expected"] = expected_column
+        return execute(cmd, actor, core, path)
     except UserError as exc:
         return Outcome(error(str(exc), exc.usage))
     except Exception as exc:  # database away, disk full, a bug: answer, never crash

@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from sqlmodel import Session, select
 
 from devtools.seed import ROWS
@@ -98,3 +100,50 @@ def test_dataset_add_then_upload_within_ten_minutes(tmp_path: Path, start_worker
         assert datasets(stack) == {"colours-train": 2}
         assert sum("colours-train" in m.get("text", "")
                    for m in stack.slack.messages("C0CHANNEL")) == 1
+
+
+def parquet_bytes(rows: list[dict]) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows), sink)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def test_parquet_uploads_and_a_column_mapping_kept_until_the_file_arrives(
+        tmp_path: Path, start_worker, redis_url: str) -> None:
+    rows = [{"colour": r["colour"], "verdict": r["expected"]} for r in ROWS]
+    with running_stack(tmp_path, start_worker, redis_url, queues="io",
+                       slack_file_hosts=["127.0.0.1"]) as stack:
+        # The mapping is asked for first; the file comes later, without words.
+        ack = stack.slash("add shades expected=verdict", command="/dataset").json()
+        assert "column `verdict`" in ack["text"] and "Parquet" in ack["text"]
+        share(stack, "shades.parquet", parquet_bytes(rows), "", thread=None)
+        said = stack.slack.wait_for(
+            lambda: next((m["text"] for m in stack.slack.messages("C0CHANNEL")
+                          if "shades" in m.get("text", "")), None), timeout=20)
+        assert "Added shades v1: 24 rows. Expected answers read from column `verdict`." in said
+        with Session(stack.core.engine) as s:
+            ds = s.exec(select(Dataset).where(Dataset.name == "shades")).one()
+        assert ds.format == "parquet" and ds.stats["expected_column"] == "verdict"
+        assert ds.stats["label_balance"] == {"cool": 12, "warm": 12}
+
+        # The same with the file: `dataset add NAME expected=COLUMN` as its message.
+        n = len(stack.slack.thread("C0CHANNEL", THREAD))
+        share(stack, "again.parquet", parquet_bytes(rows[:6]), "dataset add few expected=verdict")
+        said = answer_in(stack, THREAD, n)
+        assert "Added few v1: 6 rows" in said and "`verdict`" in said, said
+
+        # A column that is not there: refused with the row and the column it looked for.
+        ack = stack.slash("add wrong expected=nope", command="/dataset").json()
+        share(stack, "wrong.parquet", parquet_bytes(rows[:3]), "", thread=None)
+        said = stack.slack.wait_for(
+            lambda: next((m["text"] for m in stack.slack.messages("C0CHANNEL")
+                          if "wrong" in m.get("text", "")), None), timeout=20)
+        assert "refused" in said and "row 1, field `nope`" in said, said
+        # A zip (a folder cannot be uploaded) is answered with what to share instead.
+        n = len(stack.slack.thread("C0CHANNEL", THREAD))
+        share(stack, "ds.zip", b"PK\x03\x04" + b"\x00" * 64, "dataset add zipped")
+        said = answer_in(stack, THREAD, n)
+        assert "zip archive" in said and "save_to_disk" in said, said
+        # Over-long column names are refused in the ack, nothing remembered.
+        ack = stack.slash("add long expected=" + "c" * 200, command="/dataset").json()
+        assert "1 to 128 characters" in ack["text"]

@@ -199,3 +199,31 @@ def test_0009_adds_job_parents_and_keeps_existing_jobs(empty_url: str) -> None:
         assert rows == {11: "succeeded", 12: "failed", 13: "queued"}
         assert "parent_id" not in {c["name"] for c in inspect(conn).get_columns("jobs")}
     engine.dispose()
+
+
+def test_0010_keeps_pending_uploads_and_adds_their_mapping(empty_url: str) -> None:
+    migrate.upgrade(empty_url, "0009")
+    engine = make_engine(empty_url)
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO pending_uploads (team_id, user_id, channel, name, created_at, "
+            "expires_at) VALUES ('T1', 'U1', 'C1', 'tickets', '2026-11-30 10:00:00', "
+            "'2026-11-30 10:10:00')"))
+    engine.dispose()
+    migrate.upgrade(empty_url)
+    engine = make_engine(empty_url)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT name, expected_column FROM pending_uploads")).one() \
+            == ("tickets", None)
+        conn.execute(text("INSERT INTO pending_uploads (team_id, user_id, channel, name, "
+                          "expected_column, created_at, expires_at) VALUES ('T1', 'U2', 'C1', "
+                          "'faq', 'answer text', '2026-11-30 10:00:00', '2026-11-30 10:10:00')"))
+    engine.dispose()
+    migrate.downgrade(empty_url, "0009")  # and back: the requests stay, without a mapping
+    engine = make_engine(empty_url)
+    with engine.connect() as conn:
+        names = conn.execute(text("SELECT name FROM pending_uploads ORDER BY name")).scalars()
+        assert list(names) == ["faq", "tickets"]
+        cols = {c["name"] for c in inspect(conn).get_columns("pending_uploads")}
+    assert "expected_column" not in cols
+    engine.dispose()

@@ -204,6 +204,9 @@ class LineReader:
 
 
 def _binary_refusal(head: bytes) -> tuple[int, str] | None:
+    if head.startswith(b"PK\x03\x04"):
+        return 1, ("a zip archive: share one data file (JSONL, CSV, YAML, Parquet, or the .arrow "
+                   "file of a `datasets` save_to_disk folder); archives and folders do not upload")
     for bom, name in _BOMS:
         if head.startswith(bom):
             return 1, f"the file is {name} text, not UTF-8: save it as UTF-8"
