@@ -7,6 +7,7 @@ from typing import Any
 
 from tunebot.catalog.templates import render_messages
 from workers.optimize.parts import bootstrapped, make_parts, prototypes, token_counter
+from workers.optimize.proposer import failures_of, propose
 from workers.optimize.race import CandidateFailed, leaderboard, race, rung_sizes
 from workers.optimize.space import (
     Candidate,
@@ -188,3 +189,42 @@ def test_a_failed_candidate_leaves_the_race_and_the_rest_goes_on() -> None:
     board = race([cand("big", 1), cand("ok", 9)], 16, evaluate)
     assert [e.cand.name for e in board] == ["ok", "big"] and board[1].failed
     assert leaderboard(board)[0].cand.name == "ok"
+
+
+class FakeProposer:
+    """Answers every rewrite request with a canned instruction (the n-th call, the n-th one)."""
+
+    name = "openai:fake"
+
+    def __init__(self, answers: list[str]) -> None:
+        self.answers, self.asked = answers, []  # type: list[str], list[Any]
+
+    def generate(self, prompts: list[Any], params: Any, *, on_batch: Any = None) -> list[Any]:
+        self.asked.append(prompts[0])
+        text = self.answers[min(len(self.asked) - 1, len(self.answers) - 1)]
+        return [type("G", (), {"text": text})()]
+
+
+def test_the_proposer_sees_failing_cases_and_its_rewrites_are_made_template_safe() -> None:
+    fails = failures_of(rows(1), [(0, "technical", False), (1, "technical", True)])
+    assert fails == [(f"{WORDS['billing']} billing0", "billing", "technical")]
+    fake = FakeProposer(["```\nRoute the {{ ticket }} carefully.\n```", "Route it.", "Route it."])
+    out = propose(fake, "Classify.", LABELS, fails, n=3, seed=0)  # type: ignore[arg-type]
+    assert out == ["Route the { { ticket } } carefully.", "Route it."]
+    asked = fake.asked[0][-1]["content"]
+    assert "expected: 'billing' got: 'technical'" in asked and "billing, technical" in asked
+    # a proposal is pasted into a template: it renders as text, never as a variable
+    parts = make_parts(START, rows(2), rows(2), LABELS, seed=0)
+    content = build(parts, Recipe(), max_new_tokens=4, seed=0, instruction=out[0])
+    assert "{ { ticket } }" in render_messages(content, {"ticket": "x"})[0]["content"]
+
+
+def test_proposed_candidates_join_the_race_after_the_first_rung() -> None:
+    def evaluate(c: Candidate, idx: list[int]) -> list[float]:
+        return [1.0 if c.name == "p1" else 0.5] * len(idx)
+
+    def extra(rung: int, alive: list[Any]) -> list[Candidate]:
+        return [cand("p1", 5)] if rung == 0 else []
+
+    board = race([cand(f"g{i}", 1) for i in range(4)], 32, evaluate, extra=extra)
+    assert board[0].cand.name == "p1" and board[0].rows == 32

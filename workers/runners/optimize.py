@@ -40,7 +40,7 @@ from workers.runners.evaluate import CandidateRun, evaluate, gen_params, render_
 from workers.runners.finetune import _code_version
 from workers.runners.optimize_save import save_winner
 from workers.runners.prompt_test import check_rows, load_rows, load_version
-from workers.scoring import ScoreContext, ScorerError, case_passed, score_case
+from workers.scoring import ScoreContext, ScorerError, case_passed, load_embedder, score_case
 
 PROGRESS_SECONDS = 12.0  # the thread hears from the race at least this often (promise: 15 s)
 LEADERBOARD = 8
@@ -190,8 +190,6 @@ class OptimizeRunner:
 
     def _prototypes(self, split: Split) -> list[dict[str, Any]]:
         try:
-            from workers.scoring import load_embedder
-
             emb = load_embedder()
             return prep.prototypes(split.pool, lambda texts: emb.encode(texts))
         except (RuntimeError, ImportError, OSError):
@@ -264,7 +262,7 @@ class OptimizeRunner:
         with self.tally.lock:
             self.tally.tried.add(cand.name)
             if self.tally.rung == "preparing":
-                self.tally.rung = f"rung 1 ({max(idx) + 1} dev rows)"
+                self.tally.rung = f"racing rung 1 ({max(idx) + 1} dev rows)"
         try:
             res = self._score(cand.content, [self.split.dev[i] for i in idx])
         except JobError as exc:
@@ -280,7 +278,8 @@ class OptimizeRunner:
         if alive:
             b = alive[0]
             with self.tally.lock:
-                self.tally.rung = f"rung {rung + 1} done ({rows} dev rows, {len(alive)} left)"
+                self.tally.rung = (f"rung {rung + 1} done ({len(alive)} candidates on {rows} "
+                                   "dev rows)")
                 self.tally.best = f"{b.cand.name} {b.score(rows):.1%} on {rows} rows"
                 frac = min(0.95, self.tally.done / max(self.tally.planned, 1))
             self.ctx.progress(frac * 0.8, self.tally.line(), every=0.0, seconds=0.0)
