@@ -143,8 +143,29 @@ def complete_all(url: str, ids: list[list[int]], max_new: int) -> tuple[list[str
     return texts, time.perf_counter() - t0
 
 
-def sweep(quick: bool) -> list[tuple[str, int, int, int]]:
-    """The configurations to serve."""
+def parse_configs(text: str) -> list[tuple[str, int, int, int]]:
+    """`--configs MODEL:SLOTS:BATCH:UBATCH,...` (MODEL q4_1 or f32) into sweep tuples."""
+    out = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        parts = item.split(":")
+        if len(parts) != 4 or parts[0] not in ("q4_1", "f32"):
+            raise SystemExit(f"--configs: {item!r} is not MODEL:SLOTS:BATCH:UBATCH with MODEL "
+                             "q4_1 or f32")
+        try:
+            slots, batch, ubatch = (int(x) for x in parts[1:])
+        except ValueError:
+            raise SystemExit(f"--configs: {item!r}: slots, batch and ubatch must be integers") \
+                from None
+        if not (1 <= slots <= 256 and 1 <= ubatch <= batch <= 8192):
+            raise SystemExit(f"--configs: {item!r}: slots 1-256, 1 <= ubatch <= batch <= 8192")
+        out.append((parts[0], slots, batch, ubatch))
+    return out
+
+
+def sweep(quick: bool, configs: str | None = None) -> list[tuple[str, int, int, int]]:
+    """The configurations to serve (--configs, else the quick or the full sweep)."""
+    if configs:
+        return parse_configs(configs)
     if quick:
         return list(QUICK_SWEEP)
     return [("q4_1", s, *SWEEP_BATCHES[0]) for s in SWEEP_SLOTS] + [
@@ -156,7 +177,8 @@ def config_name(cfg: tuple[str, int, int, int]) -> str:
     return f"{m} np={s} b={b} ub={ub}"
 
 
-def run(*, quick: bool, rounds: int, threads: int, limit: int | None) -> dict[str, Any]:
+def run(*, quick: bool, rounds: int, threads: int, limit: int | None,
+        configs: str | None = None) -> dict[str, Any]:
     """Run tunebot and every llama.cpp configuration `rounds` times, interleaved."""
     import torch
 
@@ -177,16 +199,16 @@ def run(*, quick: bool, rounds: int, threads: int, limit: int | None) -> dict[st
     warm_ids = list(backend.tokenizer("Hello there")["input_ids"])
     as_prompt_test(backend, prompts[:4], params)  # warm (kernels, allocator), as a warm worker
 
-    configs = sweep(quick)
+    served = sweep(quick, configs)
     times: dict[str, list[float]] = {"tunebot": []}
-    times.update({config_name(c): [] for c in configs})
+    times.update({config_name(c): [] for c in served})
     texts: dict[str, list[str]] = {}
     for r in range(rounds):
         texts["tunebot"], s = _timed_tunebot(backend, prompts, params)
         times["tunebot"].append(s)
         print(f"round {r + 1}/{rounds} tunebot {s:6.2f} s", flush=True)
         time.sleep(0.5)  # let torch's worker threads go idle before the server starts
-        for cfg in configs:
+        for cfg in served:
             name = config_name(cfg)
             with llama_server(*cfg, threads=threads) as url:
                 complete_all(url, [warm_ids], 1)  # warm: a short unrelated prompt
@@ -286,15 +308,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="both sides' threads (default: torch's default, all cores)")
     ap.add_argument("--cases", type=int, default=None, help="first N cases (default all)")
+    ap.add_argument("--configs", default=None, metavar="M:NP:B:UB,...",
+                    help="serve only these (e.g. f32:16:2048:512,q4_1:8:2048:512)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
+    if args.configs:
+        parse_configs(args.configs)  # a bad --configs fails before anything loads
     if args.device != "cpu":
         raise SystemExit("bench_llamacpp compares on the CPU only (--device cpu)")
     import torch
 
     threads = args.threads or torch.get_num_threads() or (os.cpu_count() or 1)
     result = run(quick=args.quick, rounds=args.rounds or (1 if args.quick else 3),
-                 threads=threads, limit=args.cases or (32 if args.quick else None))
+                 threads=threads, limit=args.cases or (32 if args.quick else None),
+                 configs=args.configs)
     print_table(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

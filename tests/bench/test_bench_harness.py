@@ -140,3 +140,17 @@ def test_llamacpp_without_peers_names_the_make_target(tmp_path: Path, monkeypatc
     monkeypatch.setattr(bench_llamacpp, "PEERS", tmp_path)
     with pytest.raises(SystemExit, match="make bench-peers"):
         bench_llamacpp.server_binary()
+
+
+def test_llamacpp_configs_option() -> None:
+    import pytest
+
+    from bench.bench_llamacpp import parse_configs, sweep
+
+    assert sweep(False, "f32:16:2048:512, q4_1:8:512:128") == [
+        ("f32", 16, 2048, 512), ("q4_1", 8, 512, 128)]
+    for bad, why in (("f16:16:2048:512", "q4_1 or f32"), ("f32:16:2048", "MODEL:SLOTS"),
+                     ("f32:x:2048:512", "integers"), ("f32:16:256:512", "ubatch <= batch"),
+                     ("f32:0:2048:512", "slots 1-256")):
+        with pytest.raises(SystemExit, match=why):
+            parse_configs(bad)
