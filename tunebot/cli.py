@@ -154,7 +154,8 @@ def catalog_export(
 @dataset_cli.command("add")
 def dataset_add(
     name: Annotated[str, typer.Argument(help="dataset name")],
-    file: Annotated[Path, typer.Argument(help="JSONL, CSV or YAML rows")],
+    file: Annotated[Path, typer.Argument(
+        help="JSONL, CSV, YAML, Parquet or Arrow rows, or a `datasets` save_to_disk folder")],
     map_: Annotated[list[str] | None, typer.Option(
         "--map", help="expected=COLUMN: the column that holds the expected answer")] = None,
 ) -> None:

@@ -82,8 +82,9 @@ def add(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
     """Validate an uploaded file and store it as the dataset's next version."""
     name = cmd.args["name"]
     if file is None:
-        raise UserError("attach the data file (JSONL, CSV or YAML rows): in Slack upload it with "
-                        f'the command, or run `tunebot run "/dataset add {name}" --file FILE`',
+        raise UserError("attach the data file (JSONL, CSV, YAML, Parquet or Arrow rows): in "
+                        "Slack upload it with the command, or run `tunebot dataset add "
+                        f"{name} FILE` (a file, or a `datasets` save_to_disk folder)",
                         cmd.spec.usage)
     ds, created = datasets.add_dataset(engine=app.engine, settings=app.settings,
                                        team_id=actor.team_id, name=name, path=file,
