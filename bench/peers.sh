@@ -58,11 +58,21 @@ if [ ! -f smollm2-f32.gguf ]; then
     HF_DIR="$(cd "$ROOT" && "$PY" - <<'EOF'
 from tunebot.settings import Settings
 from workers.backends.gguf_cache import converted_dir
-print(converted_dir(Settings().models_dir))
+print(converted_dir(Settings().models_dir).resolve())
 EOF
 )"
-    # convert_hf_to_gguf.py imports the gguf-py next to it (the same tree as the server).
-    PYTHONPATH="$PEERS/llama.cpp/gguf-py" nice -n "$NICE" "$PY" llama.cpp/convert_hf_to_gguf.py \
+    # convert_hf_to_gguf.py imports the gguf-py next to it (the same tree as the server). It
+    # imports sentencepiece before it finds there is no tokenizer.model (SmolLM2's tokenizer is
+    # BPE, read from tokenizer.json): without the package, a stand-in that is never called.
+    STUB="$PEERS/pystub"
+    if ! "$PY" -c 'import sentencepiece' 2>/dev/null; then
+        mkdir -p "$STUB"
+        printf '%s\n' '"""Stand-in: no tokenizer.model is read for a BPE model."""' '' \
+            'class SentencePieceProcessor:' '    def __init__(self, *a, **k):' \
+            '        raise FileNotFoundError("sentencepiece is not installed")' \
+            >"$STUB/sentencepiece.py"
+    fi
+    PYTHONPATH="$PEERS/llama.cpp/gguf-py:$STUB" nice -n "$NICE" "$PY" llama.cpp/convert_hf_to_gguf.py \
         "$HF_DIR" --outtype f32 --outfile smollm2-f32.gguf.tmp >convert.log 2>&1 \
         || { tail -30 convert.log; exit 1; }
     mv smollm2-f32.gguf.tmp smollm2-f32.gguf
