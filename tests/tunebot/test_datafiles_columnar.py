@@ -115,13 +115,27 @@ def test_decompression_bombs_are_refused_from_metadata(tmp_path: Path) -> None:
         assert [e.code for e in t.errors] == ["too_large"]
     grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024
     assert grew_mb < 100
-    # One huge value on every row (a dictionary page): each row refused by its size, the
-    # value never copied once per row.
+    # One huge value on every row: a ~200 KB dictionary page whose metadata looks small. Read
+    # dictionary-encoded (the value held once), its rows' sizes add up past the bound…
     one = tmp_path / "one.parquet"
     pq.write_table(pa.table({"text": ["y" * 200_000] * 400, "expected": ["a"] * 400}), one,
                    compression="zstd")
     r = parse_rows(one, max_rows=1000, max_line_bytes=100_000, max_decoded_bytes=limit)
-    assert r.error_count == 400 and {e.code for e in r.errors} == {"line_too_long"}
+    assert [e.code for e in r.errors] == ["too_large"] and not r.rows
+    # …and under the bound each over-large row is refused by its size, never expanded.
+    pq.write_table(pa.table({"text": ["y" * 200_000] * 60, "expected": ["a"] * 60}), one,
+                   compression="zstd")
+    r = parse_rows(one, max_rows=1000, max_line_bytes=100_000, max_decoded_bytes=limit)
+    assert r.error_count == 60 and {e.code for e in r.errors} == {"line_too_long"}
+    # The same inside a nested column (chat messages): measured on the arrays.
+    big = {"role": "assistant", "content": "z" * 200_000}
+    chats = pa.Table.from_pylist([{"messages": [{"role": "user", "content": f"q{i}"}, big]}
+                                  for i in range(60)])
+    pq.write_table(chats, tmp_path / "chat.parquet", compression="zstd")
+    t = validate_training(tmp_path / "chat.parquet", max_rows=1000, max_line_bytes=100_000,
+                          max_decoded_bytes=limit)
+    assert [e.line for e in t.errors if e.code == "line_too_long"] == list(range(1, 21))
+    assert t.error_count == 61 and not t.examples  # 60 rows, then "0 valid examples"
 
 
 def test_parquet_chat_and_pairs_are_training_data(tmp_path: Path) -> None:

@@ -3,9 +3,10 @@
 Read with pyarrow only, in batches, and bounded before anything is decoded: a Parquet file's
 footer gives its rows and uncompressed sizes, and an Arrow stream's message headers give each
 batch's rows and buffer sizes (compressed buffers carry their decoded length), so a small file
-that would decode to gigabytes is refused from its metadata. Top-level text columns are read
-dictionary-encoded, so one huge repeated value is never copied once per row; each row's size is
-checked (the `max_line_bytes` of the text formats) before it becomes Python values.
+that would decode to gigabytes is refused from its metadata. Text columns, nested ones too, are
+read dictionary-encoded, so one huge repeated value is never copied once per row; each row's size
+is measured on the Arrow arrays and checked (the `max_line_bytes` of the text formats) before it
+becomes Python values, and the rows' total against the decoded bound as they are read.
 
 Rows are numbered from 1 and reported where the text formats report lines, with the same codes.
 """
@@ -70,10 +71,18 @@ class ColumnarReader(LineReader):
         self._hash_file()
         try:
             batches = self._parquet() if self.kind == "parquet" else self._arrow()
-            n = 0
+            n = decoded = 0
             for batch in batches:
                 sizes = _row_bytes(batch)
-                nested = any(_nested(f.type) for f in batch.schema)
+                # The metadata said what the file decodes to; one that lies stops here.
+                decoded += sum(sizes)
+                if decoded > self.max_decoded_bytes:
+                    self._too_big(decoded)
+                    return
+                # Maps and unions are not measured on the arrays: measured once read.
+                unmeasured = any(_unmeasured(f.type) for f in batch.schema)
+                whole = batch.to_pylist() if max(sizes, default=0) <= self.max_line_bytes \
+                    else None  # a batch with an over-large row is read row by row
                 for i in range(batch.num_rows):
                     n += 1
                     self.lines_read = n
@@ -84,9 +93,11 @@ class ColumnarReader(LineReader):
                                         f"row is larger than {self.max_line_bytes:,} bytes")
                         self.bad_lines += 1
                         continue
-                    row = {name: _plain(batch.column(j)[i].as_py())
-                           for j, name in enumerate(batch.schema.names)}
-                    if nested and len(json.dumps(row, default=str)) > self.max_line_bytes:
+                    cells = whole[i] if whole is not None else {
+                        name: batch.column(j)[i].as_py()
+                        for j, name in enumerate(batch.schema.names)}
+                    row = {k: _plain(v) for k, v in cells.items()}
+                    if unmeasured and len(json.dumps(row, default=str)) > self.max_line_bytes:
                         self.errors.add(n, None, "line_too_long",
                                         f"row is larger than {self.max_line_bytes:,} bytes")
                         self.bad_lines += 1
@@ -114,7 +125,6 @@ class ColumnarReader(LineReader):
                      "too_large")
 
     def _parquet(self) -> Iterator[pa.RecordBatch]:
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         meta = pq.read_metadata(self.path)
@@ -123,12 +133,12 @@ class ColumnarReader(LineReader):
         if decoded > self.max_decoded_bytes:
             self._too_big(decoded)
             return
-        schema = meta.schema.to_arrow_schema()
-        # Dictionary-read text: a value repeated on every row is held once, not once a row.
-        text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_binary(f.type)
-                or pa.types.is_large_string(f.type) or pa.types.is_large_binary(f.type)]
+        # Dictionary-read text, nested too: a value repeated on every row is held once, not
+        # once a row (Parquet's dictionary pages would otherwise be expanded by the reader).
+        text = [meta.schema.column(c).path for c in range(meta.num_columns)
+                if meta.schema.column(c).physical_type == "BYTE_ARRAY"]
         pf = pq.ParquetFile(self.path, read_dictionary=text)
-        yield from self._bounded(pf.iter_batches(batch_size=BATCH_ROWS))
+        yield from pf.iter_batches(batch_size=BATCH_ROWS)
 
     def _arrow(self) -> Iterator[pa.RecordBatch]:
         import pyarrow as pa
@@ -139,20 +149,10 @@ class ColumnarReader(LineReader):
             return
         with pa.memory_map(str(self.path)) as source:
             reader = _ipc_reader(source)
-            for batch in self._bounded(reader):
+            for batch in reader:
                 # Arrow batches may be any size: hand them on in slices of BATCH_ROWS.
                 for start in range(0, batch.num_rows, BATCH_ROWS):
                     yield batch.slice(start, BATCH_ROWS)
-
-    def _bounded(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        # The metadata said what the file decodes to; a file that lies is stopped here.
-        total = 0
-        for batch in batches:
-            total += batch.nbytes
-            if total > self.max_decoded_bytes:
-                self._too_big(total)
-                return
-            yield batch
 
 
 def _ipc_reader(source: Any) -> Any:
@@ -256,40 +256,58 @@ class _Flat:
         return at + 4, int(struct.unpack_from("<I", self.buf, at)[0])
 
 
-def _nested(t: Any) -> bool:
+def _unmeasured(t: Any) -> bool:
     import pyarrow as pa
 
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _unmeasured(t.value_type)
+    if pa.types.is_struct(t):
+        return any(_unmeasured(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_dictionary(t):
+        return _unmeasured(t.value_type)
     return bool(pa.types.is_nested(t))
 
 
 def _row_bytes(batch: pa.RecordBatch) -> list[int]:
-    """Each row's size in bytes over its text, binary and fixed-width columns, computed on the
-    Arrow arrays (a dictionary column's value size looked up, never expanded)."""
+    """Each row's size in bytes, computed on the Arrow arrays: text and binary by length, fixed
+    widths by width, lists and structs by their parts, a dictionary value by looking its size
+    up (never expanding it). Nested types it cannot measure count 0 (checked as JSON after)."""
+    sizes = [0] * batch.num_rows
+    for col in batch.columns:
+        sizes = [a + b for a, b in zip(sizes, _sizes(col), strict=True)]
+    return sizes
+
+
+def _sizes(arr: Any) -> list[int]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    sizes = [0] * batch.num_rows
-    for col in batch.columns:
-        t = col.type
-        if pa.types.is_dictionary(t):
-            values = col.dictionary
-            if _is_text(values.type):
-                lens = pc.binary_length(values).fill_null(0).take(col.indices.fill_null(0))
-                col_sizes = lens.to_pylist()
-            else:
-                continue
-        elif _is_text(t):
-            col_sizes = pc.binary_length(col).fill_null(0).to_pylist()
-        elif pa.types.is_nested(t):
-            continue  # measured as JSON once read (rows.py's cells are flat anyway)
-        else:
-            try:
-                width = t.bit_width // 8
-            except ValueError:  # not fixed width
-                continue
-            col_sizes = [width] * batch.num_rows
-        sizes = [a + int(b) for a, b in zip(sizes, col_sizes, strict=True)]
-    return sizes
+    t, n = arr.type, len(arr)
+    if pa.types.is_dictionary(t):
+        if _is_text(t.value_type):  # the usual case, in C++: the dictionary may be large
+            lens = pc.binary_length(arr.dictionary).take(arr.indices.fill_null(0))
+            return [int(x) for x in lens.fill_null(0).to_pylist()]
+        values = _sizes(arr.dictionary)
+        return [0 if i is None else values[i] for i in arr.indices.to_pylist()]
+    if _is_text(t):
+        return [int(x) for x in pc.binary_length(arr).fill_null(0).to_pylist()]
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        child = _sizes(arr.flatten())
+        out = [0] * n
+        for parent, size in zip(pc.list_parent_indices(arr).to_pylist(), child, strict=True):
+            out[parent] += size
+        return out
+    if pa.types.is_struct(t):
+        out = [0] * n
+        for field in arr.flatten():
+            out = [a + b for a, b in zip(out, _sizes(field), strict=True)]
+        return out
+    if pa.types.is_nested(t):
+        return [0] * n  # maps, unions…: measured as JSON once read
+    try:
+        return [t.bit_width // 8] * n
+    except ValueError:  # not fixed width
+        return [0] * n
 
 
 def _is_text(t: Any) -> bool:
