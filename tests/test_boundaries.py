@@ -70,7 +70,7 @@ def test_the_job_kind_table_names_real_commands_queues_and_runners():
 
 def test_policies_are_declared_on_the_specs():
     assert {k for k, s in SPECS.items() if s.policy != "anyone"} == {
-        ("finetune", "start"), ("model", "label")}
+        ("finetune", "start"), ("model", "label"), ("compare", "fair")}
     assert all(s.policy in ("anyone", "admin", "finetune") for s in SPECS.values())
     assert {k for k, s in SPECS.items() if s.form} == {("prompt", "new"), ("prompt", "edit")}
 
