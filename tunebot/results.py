@@ -27,18 +27,21 @@ def add_case_results(*, engine: Engine, job_id: int, candidate: str,
             session.add(CaseResult(job_id=job_id, candidate=candidate, **row))
 
 
-def set_latencies(*, engine: Engine, job_id: int, candidate: str,
-                  latencies: dict[tuple[int, int], float]) -> None:
-    """Replace stored per-case latencies, keyed by (case, sample), in one transaction (the
-    single-request times a run measures after its batch)."""
-    if not latencies:
+def update_case_results(*, engine: Engine, job_id: int, candidate: str,
+                        rows: list[dict[str, Any]]) -> None:
+    """Replace stored cases' latency_ms, scores and passed, keyed by case_index and
+    sample_index, in one transaction (a run's single-request times, measured after its batch,
+    and the latency scores that depend on them)."""
+    if not rows:
         return
     t = cast(Table, getattr(CaseResult, "__table__"))  # noqa: B009  # untyped on SQLModel
     stmt = update(t).where(
         t.c.job_id == bindparam("b_job"), t.c.candidate == bindparam("b_cand"),
         t.c.case_index == bindparam("b_case"), t.c.sample_index == bindparam("b_sample"),
-    ).values(latency_ms=bindparam("b_ms"))
-    params = [{"b_job": job_id, "b_cand": candidate, "b_case": case, "b_sample": sample,
-               "b_ms": ms} for (case, sample), ms in latencies.items()]
+    ).values(latency_ms=bindparam("b_ms"), scores=bindparam("b_scores", type_=t.c.scores.type),
+             passed=bindparam("b_passed"))
+    params = [{"b_job": job_id, "b_cand": candidate, "b_case": r["case_index"],
+               "b_sample": r["sample_index"], "b_ms": r["latency_ms"], "b_scores": r["scores"],
+               "b_passed": r["passed"]} for r in rows]
     with session_scope(engine) as session:
         session.connection().execute(stmt, params)

@@ -4,6 +4,7 @@ cases on the same backend, timed here."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from pathlib import Path
@@ -51,8 +52,11 @@ def world(tmp_path: Path, start_worker, tiny_model_dir: Path,  # type: ignore[no
 def test_parquet_prompt_test_reports_single_request_latency(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     settings, app, worker, model = world
     actor = Actor(team_id="T0TEAM", user_id="U0ALICE")
-    # The same cases as colours-eval, as a Parquet file whose answers are in `label`.
-    table = pa.Table.from_pylist([{"colour": r["colour"], "label": r["expected"]} for r in ROWS])
+    # The same cases as colours-eval, as a Parquet file whose answers are in `label`; each row
+    # also asserts a latency budget, scored with the single-request time.
+    budget = json.dumps([{"type": "latency", "max_ms": 600_000}])
+    table = pa.Table.from_pylist([{"colour": r["colour"], "label": r["expected"],
+                                   "assert": budget} for r in ROWS])
     pq.write_table(table, tmp_path / "colours.parquet", row_group_size=10)
     out = execute(parse("/dataset add colours-pq"), actor, app, tmp_path / "colours.parquet")
     assert "read from column `label`" in out.reply.text, out.reply.text
@@ -82,8 +86,11 @@ def test_parquet_prompt_test_reports_single_request_latency(world, tmp_path: Pat
                      for e in jobs.read_events(engine=app.engine, job_id=job.id))
     assert "cases/s" in said and "sent alone after the batch" in said
     with Session(app.engine) as db:
-        stored = db.execute(select(CaseResult.latency_ms).where(
-            CaseResult.job_id == job.id)).scalars().all()
+        cases = db.execute(select(CaseResult).where(CaseResult.job_id == job.id)).scalars().all()
+    stored = [c.latency_ms for c in cases]
+    for c in cases:  # the latency assert judged the stored (single-request) latency
+        (lat,) = [sc for sc in c.scores if sc["name"] == "latency"]
+        assert lat["passed"] and lat["detail"].startswith(f"{c.latency_ms:.0f} ms"), lat
     # The stored per-case latencies are the single-request ones (not all one batch's share).
     assert statistics.median(stored) == pytest.approx(s["latency_p50_ms"], rel=0.2)
     assert len(set(stored)) > 1

@@ -18,7 +18,7 @@ from typing import Any
 
 from tunebot.catalog.templates import render_rows
 from tunebot.errors import JobError, UserError
-from tunebot.results import add_case_results, clear_case_results, set_latencies
+from tunebot.results import add_case_results, clear_case_results, update_case_results
 from workers.backends.base import Backend, Generation, GenParams
 from workers.context import JobContext
 from workers.scoring import (
@@ -203,12 +203,16 @@ def evaluate(ctx: JobContext, *, name: str, content: dict[str, Any], rows: list[
     if not batched:
         run.latency_method = "per request"
     elif latency_sample and run.outcomes:
-        measure_latency(ctx, run, prompts, backend, gen, store=store)
+        measure_latency(ctx, run, prompts, backend, gen)
+        changed = _rescore_latency(run, specs, backend)
+        if store:
+            update_case_results(engine=ctx.engine, job_id=ctx.job_id, candidate=name,
+                                rows=[_case_row(o) for o in changed])
     return run
 
 
 def measure_latency(ctx: JobContext, run: CandidateRun, prompts: list[list[dict[str, str]]],
-                    backend: Backend, gen: GenParams, *, store: bool = True) -> None:
+                    backend: Backend, gen: GenParams) -> None:
     """Time a few cases as single requests after the batch and give every case a latency: the
     measured time for those, and for the rest a line through the measurements by answer
     length (decoding dominates a small model's time, one forward per new token)."""
@@ -232,15 +236,30 @@ def measure_latency(ctx: JobContext, run: CandidateRun, prompts: list[list[dict[
         return
     a, b = _fit(list(measured.values()))
     floor = min(ms for _, ms in measured.values()) / 2
-    latencies: dict[tuple[int, int], float] = {}
     for o in run.outcomes:
         got = measured.get(o.index) if o.sample == 0 else None
         o.latency_ms = got[1] if got else max(a + b * o.tokens_out, floor)
-        latencies[(o.index, o.sample)] = o.latency_ms
     run.latency_method, run.latency_measured = "single requests", len(measured)
-    if store:
-        set_latencies(engine=ctx.engine, job_id=ctx.job_id, candidate=run.name,
-                      latencies=latencies)
+
+
+def _rescore_latency(run: CandidateRun, specs: list[dict[str, Any]],
+                     backend: Backend) -> list[CaseOutcome]:
+    """Score `latency` asserts again with the single-request latency (they were scored with
+    the batch share); every outcome comes back, its latency having changed."""
+    for o in run.outcomes:
+        every = [*specs, *(o.row.get("assert") or [])]
+        at = [i for i, sp in enumerate(every) if isinstance(sp, dict)
+              and sp.get("type") == "latency"]
+        if not at:
+            continue
+        sctx = ScoreContext(latency_ms=o.latency_ms, tokens_out=o.tokens_out,
+                            output_spec=run.output_spec, input_text=o.messages[-1]["content"],
+                            judge_factory=lambda: backend)
+        fresh = score_case(o.output, o.expected, None, [every[i] for i in at], sctx)
+        for i, score in zip(at, fresh, strict=True):
+            o.scores[i] = score
+        o.passed = case_passed(o.scores)
+    return run.outcomes
 
 
 def _fit(points: list[tuple[int, float]]) -> tuple[float, float]:
@@ -256,11 +275,15 @@ def _fit(points: list[tuple[int, float]]) -> tuple[float, float]:
     return (my, 0.0) if b < 0 else (my - b * mx, b)
 
 
+def _case_row(o: CaseOutcome) -> dict[str, Any]:
+    return {"case_index": o.index, "sample_index": o.sample, "latency_ms": o.latency_ms,
+            "scores": [{"name": s.name, "passed": s.passed, "value": s.value,
+                        "detail": s.detail, "predicted": s.predicted} for s in o.scores],
+            "passed": o.passed}
+
+
 def _store(ctx: JobContext, name: str, batch: list[CaseOutcome]) -> None:
-    rows = [{"case_index": o.index, "sample_index": o.sample, "rendered": o.messages,
-             "output": o.output, "expected": o.expected,
-             "scores": [{"name": s.name, "passed": s.passed, "value": s.value,
-                         "detail": s.detail, "predicted": s.predicted} for s in o.scores],
-             "passed": o.passed, "latency_ms": o.latency_ms, "tokens_in": o.tokens_in,
-             "tokens_out": o.tokens_out} for o in batch]
+    rows = [{**_case_row(o), "rendered": o.messages, "output": o.output,
+             "expected": o.expected, "tokens_in": o.tokens_in, "tokens_out": o.tokens_out}
+            for o in batch]
     add_case_results(engine=ctx.engine, job_id=ctx.job_id, candidate=name, rows=rows)
