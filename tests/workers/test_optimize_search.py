@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tunebot import stats
 from tunebot.catalog.templates import render_messages
 from workers.optimize.parts import bootstrapped, make_parts, prototypes, token_counter
 from workers.optimize.proposer import failures_of, propose
@@ -22,6 +23,7 @@ from workers.optimize.space import (
     start_instruction,
 )
 from workers.optimize.split import input_key, make_split, stratified_order
+from workers.runners.optimize_save import winner_docs
 
 LABELS = ["billing", "technical", "account", "shipping"]
 WORDS = {"billing": "refund invoice charge", "technical": "crash error bug",
@@ -228,3 +230,20 @@ def test_proposed_candidates_join_the_race_after_the_first_rung() -> None:
 
     board = race([cand(f"g{i}", 1) for i in range(4)], 32, evaluate, extra=extra)
     assert board[0].cand.name == "p1" and board[0].rows == 32
+
+
+def test_the_saved_docs_keep_the_start_and_add_what_changed_and_the_gain() -> None:
+    s = make_split(rows(3, "e"), rows(10, "t"), seed=0)
+    recipe = Recipe(demos="seeded", k=4)
+    c = Candidate("c01", {}, recipe, demos=s.pool[:4])
+    res = stats.compare_paired([False] * 12, [True] * 10 + [False] * 2, name_a="a", name_b="b")
+    docs = winner_docs({**START, "docs": {**START["docs"], "limitations": "Old: 3%."}}, c,
+                       job_id=7, start_name="t@1", model="smollm2", dataset="t-eval", split=s,
+                       s_start={"accuracy": 0.0, "ci": [0.0, 0.2]},
+                       s_win={"accuracy": 10 / 12, "ci": [0.5, 0.9]}, res=res)
+    assert docs["task"] == START["docs"]["task"]
+    assert "job #7" in docs["context"] and "4 demos (seeded" in docs["context"]
+    assert docs["limitations"].startswith("Measured with smollm2") and "Old: 3%." in docs[
+        "limitations"]
+    assert "10 cases fixed, 0 broken" in docs["limitations"] and "83.3%" in docs["limitations"]
+    assert [e["output"] for e in docs["examples"]] == [r["expected"] for r in s.pool[:4]]

@@ -72,6 +72,7 @@ class Candidate:
     recipe: Recipe | None  # None: the start version as it is
     tokens: int = 0  # prompt tokens of the shared part (ties go to the smaller)
     origin: str = "grid"
+    demos: list[dict[str, Any]] = field(default_factory=list)  # its demonstration rows
 
     def describe(self) -> str:
         """What this candidate is, in words."""
@@ -208,6 +209,13 @@ def format_line(choices: list[str] | None, fmt: str, prefix: str | None) -> str:
     return ""
 
 
+def pick_demos(parts: Parts, recipe: Recipe, seed: int) -> list[dict[str, Any]]:
+    """The candidate's demonstration rows, in its order."""
+    if not recipe.k:
+        return []
+    return ordered(parts.demo_sets.get(recipe.demos, [])[:recipe.k], recipe.order, seed)
+
+
 def build(parts: Parts, recipe: Recipe, *, max_new_tokens: int, seed: int,
           instruction: str | None = None) -> dict[str, Any]:
     """The content of a candidate version: the start's fields with new messages and params."""
@@ -222,8 +230,7 @@ def build(parts: Parts, recipe: Recipe, *, max_new_tokens: int, seed: int,
     tmpl = _input_template(parts.variables, recipe.labelled_input)
     cue = f"\n{recipe.prefix}:" if recipe.prefix and recipe.prefix_mode == "cue" else ""
     reply = recipe.prefix if recipe.prefix and recipe.prefix_mode == "reply" else None
-    demos = ordered(parts.demo_sets.get(recipe.demos, [])[:recipe.k] if recipe.k else [],
-                    recipe.order, seed)
+    demos = pick_demos(parts, recipe, seed)
     messages: list[dict[str, str]] = []
     if recipe.placement == "system":
         messages.append({"role": "system", "content": instr})

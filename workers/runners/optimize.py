@@ -32,6 +32,7 @@ from workers.optimize.space import (
     build,
     demo_counts,
     grid,
+    pick_demos,
     sample,
 )
 from workers.optimize.split import Split, make_split
@@ -165,7 +166,8 @@ class OptimizeRunner:
                                        .get("max_new_tokens", 64))))
         content = build(self.space, recipe, max_new_tokens=max_new, seed=self.seed,
                         instruction=instruction)
-        return Candidate(name, content, recipe, origin=origin)
+        return Candidate(name, content, recipe, origin=origin,
+                         demos=pick_demos(self.space, recipe, self.seed))
 
     def _probe(self, space: Parts, choices: list[str] | None,
                tok: TokenLen) -> list[dict[str, Any]] | None:

@@ -15,10 +15,11 @@ from tunebot.db import session_scope
 from tunebot.errors import JobError, UserError
 from workers.context import JobContext
 from workers.optimize.space import Candidate
-from workers.optimize.split import Split
+from workers.optimize.split import RESERVED, Split
 
 AUTHOR = "tunebot optimize"
 LABEL = "candidate"
+MIN_EXAMPLES = 4
 
 
 def winner_docs(start: dict[str, Any], cand: Candidate, *, job_id: int, start_name: str,
@@ -35,6 +36,16 @@ def winner_docs(start: dict[str, Any], cand: Candidate, *, job_id: int, start_na
     docs["context"] = (str(docs.get("context") or "").strip() + "\n\nOptimised by /prompt "
                        f"optimize (job #{job_id}) from {start_name} for {model}: {what}. "
                        f"Selected on {split.note}.").strip()
+    examples = list(docs.get("examples") or [])
+    for row in cand.demos:  # its demonstrations document it too, up to MIN_EXAMPLES in all
+        if len(examples) >= MIN_EXAMPLES:
+            break
+        example = {"input": {k: v for k, v in row.items() if k not in RESERVED},
+                   "output": row.get("expected")}
+        if example not in examples:
+            examples.append(example)
+    if examples:
+        docs["examples"] = examples
     before = str(docs.get("limitations") or "").strip()
     docs["limitations"] = gain + (f" Notes on {start_name}: {before}" if before else "")
     return docs
