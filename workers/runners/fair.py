@@ -27,7 +27,7 @@ from tunebot.core import Actor, Core
 from tunebot.errors import JobError
 from tunebot.handlers.optimize import submit_optimize
 from tunebot.jobs import chain
-from tunebot.models import ACTIVE_STATUSES, Job, ModelVersion
+from tunebot.models import ACTIVE_STATUSES, Job, ModelVersion, PromptVersion
 from tunebot.recommend import MIN_CASES, Candidate, Context, money, recommend
 from tunebot.replies import Reply, context, image, section, table
 from workers.backends.registry import backend_for
@@ -260,11 +260,11 @@ class FairRunner:
             run = evaluate(ctx, name=name, content=content, rows=rows, backend=backend, gen=gen,
                            done=i * len(rows), total=len(rows) * len(plans))
             runs.append((kind, run, str(getattr(backend, "device", "cpu")), gen.max_new_tokens))
-        return self._report(runs, opt, ft_stage, mv, excluded, helper)
+        return self._report(runs, opt, ft_stage, mv, excluded, helper, best)
 
     def _report(self, runs: list[tuple[str, CandidateRun, str, int]], opt: Stage,
                 ft_stage: Stage, mv: ModelVersion, excluded: int,
-                helper: CompareRunner) -> dict[str, Any]:
+                helper: CompareRunner, best: PromptVersion) -> dict[str, Any]:
         ctx, s = self.ctx, self.ctx.settings
         metrics = mv.metrics or {}
         train_seconds = float(metrics.get("train_seconds", 0.0) or 0.0)
@@ -305,7 +305,7 @@ class FairRunner:
                              f"${cost:.4f}", "—" if kind in ("start", "optimised")
                              else money(training_cost), deploy[kind], f"{bad}/{summ['cases']}"])
             previous = run
-        rec = self._recommend(runs, cands, training_cost, mv)
+        rec = self._recommend(runs, cands, training_cost, mv, helper._history(best))
         reused = [name for name, st in (("optimize", opt), ("fine-tune", ft_stage)) if st.reused]
         ran = [name for name, st in (("optimize", opt), ("fine-tune", ft_stage)) if not st.reused]
         chart = helper._chart([{**x, "candidate": x["candidate"]} for x in summaries])
@@ -341,7 +341,7 @@ class FairRunner:
 
     def _recommend(self, runs: list[tuple[str, CandidateRun, str, int]],
                    cands: dict[str, Candidate], training_cost: float,
-                   mv: ModelVersion) -> Any:
+                   mv: ModelVersion, history: tuple[int, float, int]) -> Any:
         # The prompt side at its best (the optimised version) against the tuned side, paired.
         best_run = runs[1][1]
         tuned: list[Candidate] = []
@@ -357,6 +357,7 @@ class FairRunner:
         return recommend(cands["optimised"], tuned, Context(
             training_cost=training_cost, traffic_per_day=self.p.get("traffic"),
             train_examples=int(metrics.get("train_examples", 0) or 0),
+            prompt_versions=history[0], prompt_days=history[1],
             p_tuned_vs_hybrid=report.paired(runs[2][1], runs[3][1]).p_value,
             tuned_learned=learned if isinstance(learned, bool) else None,
             learning_note=str(metrics.get("learning_note", ""))))
