@@ -43,7 +43,8 @@ def _rows(words: list[str], label: str) -> list[dict[str, str]]:
 
 
 @pytest.fixture
-def world(tmp_path: Path, start_worker, tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+def catalog_only(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The shades prompt and its sets, no worker."""
     settings = make_settings(tmp_path)
     migrate.upgrade(settings.database_url)
     app = build_core(settings)
@@ -58,6 +59,12 @@ def world(tmp_path: Path, start_worker, tiny_model_dir: Path):  # type: ignore[n
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         datasets.add_dataset(engine=app.engine, settings=settings, team_id="T0TEAM", name=name,
                              path=path, user="U0ALICE")
+    return settings, app, actor
+
+
+@pytest.fixture
+def world(catalog_only, start_worker, tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    settings, app, actor = catalog_only
     worker = start_worker(settings, "inference")
     return settings, app, actor, worker, tiny_model_dir
 
@@ -130,8 +137,8 @@ def test_optimize_splits_the_eval_set_and_can_be_cancelled(world) -> None:  # ty
         assert catalog.labels_of(session=s, team_id="T0TEAM", name="shades") == {}
 
 
-def test_bad_optimize_input_gets_a_clear_reply(world) -> None:  # type: ignore[no-untyped-def]
-    settings, app, actor, worker, model = world
+def test_bad_optimize_input_gets_a_clear_reply(catalog_only) -> None:  # type: ignore[no-untyped-def]
+    settings, app, actor = catalog_only
 
     def said(text: str) -> str:
         try:
