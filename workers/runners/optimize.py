@@ -45,6 +45,7 @@ from workers.scoring import ScoreContext, ScorerError, case_passed, load_embedde
 
 PROGRESS_SECONDS = 12.0  # the thread hears from the race at least this often (promise: 15 s)
 LEADERBOARD = 8
+CHUNK = 12  # rows per backend call (the first rung's size); the shared prefix is kept between
 
 
 @dataclass
@@ -95,15 +96,15 @@ class OptimizeRunner:
         self.start_content = start_v.content
         self.specs = scorer_specs(start_v.content, eval_rows)
         self.split = split
-        self.tally = Tally(planned=0)
-        cands, space = self._candidates(split)
-        with self.tally.lock:
-            self.tally.planned = self.tally.done + _planned(len(cands), len(split.dev))
+        self.tally = Tally(planned=prep.PROBE_ROWS)
         self.outputs: dict[str, dict[int, tuple[str, bool]]] = {}
         stop = threading.Event()
         ticker = threading.Thread(target=self._tick, args=(stop,), daemon=True)
-        ticker.start()
+        ticker.start()  # from here on: the probe and the race both report
         try:
+            cands, space = self._candidates(split)
+            with self.tally.lock:
+                self.tally.planned = self.tally.done + _planned(len(cands), len(split.dev))
             board = race(cands, len(split.dev), self._evaluate, extra=self._proposals(space),
                          report=self._rung_done)
         finally:
@@ -242,7 +243,9 @@ class OptimizeRunner:
                 self.tally.done += len(_idx)
             ctx.check()
 
-        gens = self.backend.generate(prompts, gen, on_batch=batch)
+        gens: list[Generation] = []
+        for at in range(0, len(prompts), CHUNK):  # a cancel lands within one chunk's time
+            gens += self.backend.generate(prompts[at:at + CHUNK], gen, on_batch=batch)
         results = []
         for row, msgs, g in zip(rows, prompts, gens, strict=True):
             sctx = ScoreContext(latency_ms=g.latency_ms, tokens_out=g.tokens_out,
