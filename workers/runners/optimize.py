@@ -55,7 +55,7 @@ class Tally:
     planned: int
     done: int = 0
     tried: set[str] = field(default_factory=set)
-    rung: str = "preparing"
+    rung: str = "bootstrap probe"
     best: str = "—"
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -266,7 +266,7 @@ class OptimizeRunner:
     def _evaluate(self, cand: Candidate, idx: list[int]) -> list[float]:
         with self.tally.lock:
             self.tally.tried.add(cand.name)
-            if self.tally.rung == "preparing":
+            if self.tally.rung == "bootstrap probe":
                 self.tally.rung = f"racing rung 1 ({max(idx) + 1} dev rows)"
         try:
             res = self._score(cand.content, [self.split.dev[i] for i in idx])
