@@ -43,14 +43,16 @@ def _rows(words: list[str], label: str) -> list[dict[str, str]]:
 
 
 @pytest.fixture
-def catalog_only(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """The shades prompt and its sets, no worker."""
+def catalog_only(tmp_path: Path, tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    """The shades prompt (on the tiny model, so the production gate compares there too) and
+    its sets, no worker."""
     settings = make_settings(tmp_path)
     migrate.upgrade(settings.database_url)
     app = build_core(settings)
     actor = Actor(team_id="T0TEAM", user_id="U0ALICE")
     with session_scope(app.engine) as s:
-        catalog.save_version(session=s, team_id="T0TEAM", name="shades", content=START,
+        catalog.save_version(session=s, team_id="T0TEAM", name="shades",
+                             content={**START, "model": str(tiny_model_dir)},
                              author="U0ALICE", message="v1")
     for name, rows in (("shades-eval", _rows(WARM[:6], "warm") + _rows(COOL[:6], "cool")),
                        ("shades-train", _rows(WARM[6:], "warm") + _rows(COOL[6:], "cool")
@@ -118,6 +120,23 @@ def test_optimize_saves_a_candidate_version_with_the_paired_result(world) -> Non
     assert "production moves on evidence" in promoted.reply.text, promoted.reply.text
     with session_scope(app.engine) as s:
         assert catalog.labels_of(session=s, team_id="T0TEAM", name="shades") == {"candidate": 2}
+    # With the start in production, this job's paired measure on every eval case (the train
+    # split held none of them out) is the gate's evidence: Promote moves at once, citing it.
+    with session_scope(app.engine) as s:
+        catalog.set_metadata(session=s, prompt=catalog.get_prompt(
+            session=s, team_id="T0TEAM", name="shades"), datasets={"eval": "shades-eval"})
+        catalog.set_label(session=s, team_id="T0TEAM", ref="shades@1", label="production",
+                          user="U0ADMIN", reason="the start ships", forced=True)
+    promoted = run_action(PROMOTE, str(job.id), actor, app)
+    assert out_job_id(promoted) is None, promoted.reply.text  # nothing queued
+    assert "shades:production → v2 (was v1)" in promoted.reply.text, promoted.reply.text
+    assert f"job #{job.id}" in promoted.reply.text
+    with session_scope(app.engine) as s:
+        assert catalog.labels_of(session=s, team_id="T0TEAM", name="shades")["production"] == 2
+
+
+def out_job_id(outcome: Any) -> int | None:
+    return outcome.job.id if getattr(outcome, "job", None) is not None else None
 
 
 def test_optimize_splits_the_eval_set_and_can_be_cancelled(world) -> None:  # type: ignore[no-untyped-def]

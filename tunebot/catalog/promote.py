@@ -52,12 +52,37 @@ def _newest(engine: Engine, team_id: str, kind: str, keys: list[dict[str, Any]],
     return None
 
 
+def _optimized_from(job: Job, holder_id: int, candidate_id: int, dataset: str,
+                    dataset_version: int, model: str) -> bool:
+    """A finished `/prompt optimize` that started from the holder and saved the candidate, its
+    final paired measure on every case of this dataset version on this model (not on the
+    held-out half of an eval split: that is not the gate's case set)."""
+    p, r = job.params or {}, job.result or {}
+    saved = r.get("saved") or {}
+    return (job.kind == "prompt_optimize" and job.status == "succeeded"
+            and (p.get("prompt") or {}).get("version_id") == holder_id
+            and saved.get("version_id") == candidate_id
+            and (r.get("split") or {}).get("source") == "train"
+            and len(r.get("summaries") or []) == 2 and bool(r.get("paired"))
+            and p.get("dataset") == dataset and p.get("dataset_version") == dataset_version
+            and p.get("model") == model)
+
+
 def find_evidence(*, engine: Engine, team_id: str, holder_id: int, candidate_id: int,
                   dataset: str, dataset_version: int, model: str) -> Job | None:
-    """The newest finished comparison of holder (first) with candidate on these cases."""
-    return _newest(engine, team_id, "prompt_compare",
-                   [{"version_id": holder_id}, {"version_id": candidate_id}], dataset,
-                   dataset_version, model)
+    """The newest finished comparison of holder (first) with candidate on these cases: a
+    `prompt_compare`, or the final paired measure of an optimize job that started from the
+    holder and saved the candidate (start first, winner second, like a compare)."""
+    for job in jobs.list_jobs(engine=engine, team_id=team_id,
+                              kinds=("prompt_compare", "prompt_optimize"), limit=SCAN_JOBS):
+        if job.kind == "prompt_compare" and _same(
+                job, "prompt_compare", [{"version_id": holder_id},
+                                        {"version_id": candidate_id}],
+                dataset, dataset_version, model):
+            return job
+        if _optimized_from(job, holder_id, candidate_id, dataset, dataset_version, model):
+            return job
+    return None
 
 
 def find_model_evidence(*, engine: Engine, team_id: str, holder: dict[str, Any],
