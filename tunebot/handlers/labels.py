@@ -50,15 +50,8 @@ def label(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
     if holder == cand.version:
         return said(f"{name}:{lab} already points at v{cand.version}.")
     if "force" in cmd.flags:
-        if not actor.is_admin:
-            raise Forbidden(f"only an admin may force {lab} (TUNEBOT_ADMINS)")
-        if not reason:
-            raise UserError(f'force needs a reason: /prompt label {name}@{cand.version} {lab} '
-                            'force reason="why"', cmd.spec.usage)
-        return said(promote.move(
-            engine=app.engine, team_id=actor.team_id, name=name, label=lab,
-            version=cand.version, user=actor.user_id, expect=holder, forced=True,
-            reason=f"forced by {actor.user_id}: {reason}", evidence=None))
+        return forced_move(cmd, actor, app, name=name, label=lab, version=cand.version,
+                           holder=holder, reason=reason, kind="prompt")
     if not eval_set:
         raise UserError(f"{lab} moves on evidence from the prompt's eval set, and {name} links "
                         "none: add `datasets: {eval: NAME}` to its YAML (or an admin may use "
@@ -96,6 +89,22 @@ def label(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
                                   title=title),
                        f"{name}:{lab} stays on v{holder} for now: comparing "
                        f"{name}@{cand.version} with it on {ds.name} ({model})")
+
+
+def forced_move(cmd: Command, actor: Actor, app: Core, *, name: str, label: str,
+                version: int, holder: int | None, reason: str | None,
+                kind: str) -> Outcome:
+    """An admin's `force reason="…"` past the gate (/prompt label, /model label): the reason
+    and the actor go into the label history, with no evidence."""
+    if not actor.is_admin:
+        raise Forbidden(f"only an admin may force {label} (TUNEBOT_ADMINS)")
+    if not reason:
+        raise UserError(f"force needs a reason: /{kind} label {name}@{version} {label} "
+                        'force reason="why"', cmd.spec.usage)
+    return said(promote.move(
+        engine=app.engine, team_id=actor.team_id, name=name, label=label, version=version,
+        user=actor.user_id, expect=holder, forced=True,
+        reason=f"forced by {actor.user_id}: {reason}", evidence=None, kind=kind))
 
 
 def said(text: str) -> Outcome:

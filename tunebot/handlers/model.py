@@ -11,9 +11,9 @@ from tunebot.catalog import promote
 from tunebot.commands import Command, Ref, parse_ref
 from tunebot.core import Actor, Core, Outcome
 from tunebot.db import session_scope
-from tunebot.errors import Forbidden, NotFound, UserError
+from tunebot.errors import NotFound, UserError
 from tunebot.handlers.common import Routes, pin, submit_job
-from tunebot.handlers.labels import queued_move, said
+from tunebot.handlers.labels import forced_move, queued_move, said
 from tunebot.models import Dataset, Job, ModelVersion
 from tunebot.promotion import decide_first
 from tunebot.replies import Reply, fields, section, table
@@ -95,15 +95,8 @@ def label(cmd: Command, actor: Actor, app: Core, file: Path | None) -> Outcome:
     if holder == cand.version:
         return said(f"ft:{name}:{lab} already points at v{cand.version}.")
     if "force" in cmd.flags:
-        if not actor.is_admin:
-            raise Forbidden(f"only an admin may force {lab} (TUNEBOT_ADMINS)")
-        if not reason:
-            raise UserError(f"force needs a reason: /model label {name}@{cand.version} {lab} "
-                            'force reason="why"', cmd.spec.usage)
-        return said(promote.move(
-            engine=app.engine, team_id=actor.team_id, name=name, label=lab,
-            version=cand.version, user=actor.user_id, expect=holder, forced=True,
-            reason=f"forced by {actor.user_id}: {reason}", evidence=None, kind="model"))
+        return forced_move(cmd, actor, app, name=name, label=lab, version=cand.version,
+                           holder=holder, reason=reason, kind="model")
     pending: dict[str, Any] = {"kind": "model", "name": name, "label": lab,
                                "to": cand.version, "expect": holder, "actor": actor.user_id,
                                "rule": app.settings.promotion_rule}

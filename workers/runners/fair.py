@@ -35,16 +35,11 @@ from workers.context import JobContext
 from workers.runners import report
 from workers.runners.compare import CompareRunner, _aware, serving_cost_per_1k
 from workers.runners.evaluate import CandidateRun, evaluate, gen_params
-from workers.runners.finetune import _code_version
+from workers.runners.finetune import code_version
 from workers.runners.formats import minimal_content
 from workers.runners.prompt_test import load_rows, load_version
 
 REUSE_SCAN = 500  # finished jobs / adapters looked at for a reusable stage
-
-
-def code_version() -> str:
-    """The code a stage's result came from (part of every stage's key)."""
-    return _code_version()
 
 
 @dataclass

@@ -113,7 +113,8 @@ def train(config: TrainConfig, train_set: list[Example], val_set: list[Example],
         return run_training(config, train_set, val_set, folder, callbacks)
 
 
-def _code_version() -> str:
+def code_version() -> str:
+    """The short git commit of the running code (part of every reuse key), or "unknown"."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=5, cwd=Path(__file__).parent)
@@ -254,7 +255,7 @@ class FinetuneRunner:
             prompt_ref=f"{pinned['name']}@{pinned['version']}" if pinned else None,
             template=p.get("template") or "minimal",
             hyperparams={k: v for k, v in prep.hp.items() if v is not None},
-            code_version=_code_version(), best_step=result.best_step, job_id=ctx.job_id,
+            code_version=code_version(), best_step=result.best_step, job_id=ctx.job_id,
             metrics={"best_val_loss": result.best_val_loss, "train_seconds": result.train_seconds
                      or result.seconds, "device": device, "train_examples": len(prep.train),
                      "val_examples": len(prep.val), "data_check_seconds": prep.seconds,

@@ -38,7 +38,7 @@ from workers.optimize.space import (
 from workers.optimize.split import Split, make_split
 from workers.runners import report
 from workers.runners.evaluate import CandidateRun, evaluate, gen_params, render_all, scorer_specs
-from workers.runners.finetune import _code_version
+from workers.runners.finetune import code_version
 from workers.runners.optimize_save import save_winner
 from workers.runners.prompt_test import check_rows, load_rows, load_version
 from workers.scoring import ScoreContext, ScorerError, case_passed, load_embedder, score_case
@@ -344,7 +344,7 @@ class OptimizeRunner:
             "leaderboard": board_out, "split": {"source": split.source, "note": split.note,
                                                 "dev": len(split.dev), "pool": len(split.pool),
                                                 "heldout": n},
-            "code_version": _code_version(), "model": p["model"], "dataset": p["dataset"],
+            "code_version": code_version(), "model": p["model"], "dataset": p["dataset"],
             "race_seconds": round(race_s, 1), "saved": None,
             "summaries": [s_start, s_win],
         }
