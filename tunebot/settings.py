@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     price_cpu_hour: float = Field(0.05, ge=0)
     price_per_1k_tokens: float = Field(0.0, ge=0)
 
+    # Matmul precision of CPU inference (workers/backends/cpu_linear.py). bf16 multiplies in bf16
+    # where the CPU does so natively (AVX-512-BF16 or AMX; fp32 elsewhere, and the thread says
+    # so): about 1.4x faster prompt tests on such a CPU, but greedy answers can differ from fp32
+    # at near-ties (5 of 80 on the bundled model's sentiment set), so it is a choice, not the
+    # default; each batch is still checked against fp32 on a sample and falls back on a difference.
+    cpu_precision: str = Field("fp32", pattern=r"^(fp32|bf16)$")
     max_upload_mb: int = Field(50, ge=1, le=10_000)
     # The largest request body the HTTP bot reads (Slack's payloads are a few KB); bigger ones
     # get a 413 before the signature is checked, without the rest being read.

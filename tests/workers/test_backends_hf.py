@@ -89,15 +89,15 @@ def test_prefix_is_reused_across_calls_until_the_weights_change(tiny_model_dir: 
     b = HFBackend(str(tiny_model_dir), make_settings(tmp_path), device="cpu")
     params = GenParams(max_new_tokens=6)
     b.generate(chats(), params)
-    kept = b._last_prefix
+    kept = b._prefixes.get(False)
     single = b.generate(chats(REVIEWS[:1]), params)[0]
-    assert single.extra["prefix_tokens"] == len(kept) and b._last_prefix is kept
+    assert single.extra["prefix_tokens"] == len(kept) and b._prefixes.get(False) is kept
     with torch.no_grad():  # what an optimizer step does to the weights
         b.model.model.layers[0].self_attn.q_proj.weight.mul_(1.5)
     changed = b.generate(chats(REVIEWS[:1]), params)[0]
     assert changed.extra["prefix_tokens"] == 0  # the stale cache was dropped, not reused
     assert b.generate(chats(), params)[0].extra["prefix_tokens"] == len(kept)
-    assert b._last_prefix is not kept
+    assert b._prefixes.get(False) is not kept
 
 
 def test_without_prefix_cache_left_padding_gives_the_same(tiny_model_dir: Path,

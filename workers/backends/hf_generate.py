@@ -177,13 +177,16 @@ def generate_batch(
     generator: torch.Generator | None = None,
     stop_check: StopCheck | None = None,
     prefill_tokens: int | None = None,
+    margins: list[float] | None = None,
 ) -> list[list[int]]:
     """Generate for each suffix (after the shared prefix); returns new token ids without EOS.
 
     With prefill_tokens, the prompts are prefilled in groups of similar length (at most that
     many padded tokens a forward, so padding and activations stay small) and their caches are
     then joined, so every new token costs one forward for all rows. Models whose cache is not
-    plain full attention are prefilled in one group.
+    plain full attention are prefilled in one group. With `margins` (greedy only), each row's
+    smallest gap between its best and second-best logit over its steps is written there: how
+    close that row came to another answer.
     """
     device = _device(model)
     b = len(suffixes)
@@ -213,6 +216,10 @@ def generate_batch(
     generated: list[list[int]] = [[] for _ in range(b)]
     for _ in range(max_new_tokens):
         tokens = _pick(logits, temperature, top_p, generator)
+        if margins is not None:
+            top = logits.topk(2, dim=-1).values.float()
+            for j, gap in enumerate((top[:, 0] - top[:, 1]).tolist()):
+                margins[rows[j]] = min(margins[rows[j]], gap)
         keep: list[int] = []
         for j, tok in enumerate(tokens.tolist()):
             r = rows[j]
@@ -236,3 +243,39 @@ def generate_batch(
         logits = out.logits[:, -1, :]
         next_pos = next_pos + 1
     return generated
+
+
+@torch.inference_mode()
+def greedy_disagreements(model: torch.nn.Module, rows: list[tuple[list[int], list[int], bool]],
+                         *, prefix: Prefix | None, pad_id: int, eos_ids: set[int]) -> int:
+    """How many (prompt ids, generated ids, ended on EOS) rows this model would not have
+    generated greedily: teacher-forced in one forward, its argmax must be each generated token
+    in turn and, where the row ended on EOS, an EOS token next. Rows ended by a stop string or
+    the token limit are checked up to their last token."""
+    p = len(prefix) if prefix is not None else 0
+    seqs = [prompt[p:] + out for prompt, out, _ in rows]
+    keep = max(len(out) for _, out, _ in rows) + 1
+    cache = _expanded_cache(model, prefix, len(rows))
+    b, s = len(seqs), max(len(x) for x in seqs)
+    device = _device(model)
+    ids = torch.full((b, s), pad_id, dtype=torch.long)
+    attn = torch.zeros((b, p + s), dtype=torch.long)
+    attn[:, :p] = 1
+    pos = torch.full((b, s), p, dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        n = len(seq)
+        ids[i, s - n:] = torch.tensor(seq)
+        attn[i, p + s - n:] = 1
+        pos[i, s - n:] = torch.arange(p, p + n)
+    logits = model(input_ids=ids.to(device), attention_mask=attn.to(device),
+                   position_ids=pos.to(device), cache=cache, use_cache=True,
+                   logits_to_keep=keep).logits
+    choice = logits.argmax(-1).tolist()  # [b, keep]: the last `keep` positions of each row
+    differ = 0
+    for i, (_, out, eos) in enumerate(rows):
+        n = len(out)
+        # The prediction of out[j] sits at kept index keep - n - 1 + j; the next one at keep - 1.
+        picked = choice[i][keep - n - 1:keep - 1]
+        if picked != out or (eos and choice[i][keep - 1] not in eos_ids):
+            differ += 1
+    return differ

@@ -77,6 +77,7 @@ class CandidateRun:
     latency_method: str = "batch share"
     latency_measured: int = 0
     generate_seconds: float = 0.0  # the batch's generation time, scoring and storage apart
+    precision: str | None = None  # a local backend's matmul precision note (hf.py)
 
     @property
     def throughput(self) -> float:
@@ -197,6 +198,8 @@ def evaluate(ctx: JobContext, *, name: str, content: dict[str, Any], rows: list[
             ctx.check()
 
         backend.generate(prompts, params, on_batch=scored)
+    note = getattr(backend, "precision_note", None)  # local models only
+    run.precision = note if isinstance(note, str) else None
     run.outcomes.sort(key=lambda o: (o.sample, o.index))
     run.seconds = time.monotonic() - started
     run.generate_seconds = max(run.seconds - busy, 1e-9)

@@ -38,6 +38,7 @@ def summarize(run: CandidateRun) -> dict[str, Any]:
         "seconds": run.seconds,
         "throughput_cps": run.throughput, "latency_method": run.latency_method,
         "latency_measured": run.latency_measured,
+        **({"precision": run.precision} if run.precision else {}),
     }
     by_scorer: dict[str, list[float]] = defaultdict(list)
     for o in cases:
@@ -137,7 +138,9 @@ def latency_note(s: dict[str, Any]) -> str:
         lat = "latency: each request timed on its own"
     else:
         lat = "latency: the batch's time shared over its cases (not one request's wait)"
-    return f"{lat}; throughput: cases per second answered in the batch"
+    note = f"{lat}; throughput: cases per second answered in the batch"
+    precision = s.get("precision")
+    return note + (f"; {precision}" if precision and precision != "fp32" else "")
 
 
 def degenerate(run: CandidateRun, max_new_tokens: int) -> tuple[int, str]:
