@@ -133,8 +133,9 @@ def headline(results: dict[str, object]) -> dict[str, dict[str, float] | None]:
                                  if isinstance(naive, list) and isinstance(ours, list) else None)
     ft = _get(results, "finetune", "results")
     out["finetune_vs_trl"] = out["finetune_peak_memory_vs_trl"] = None
-    if isinstance(ft, dict) and "tunebot" in ft and ("trl" in ft or "trl-nogc" in ft):
-        trls = [v for v in ("trl", "trl-nogc") if v in ft]
+    trl_variants = ("trl", "trl-nogc", "trl-best")
+    if isinstance(ft, dict) and "tunebot" in ft and any(v in ft for v in trl_variants):
+        trls = [v for v in trl_variants if v in ft]
         speed, memory = [], []
         for i, ex in enumerate(ft["tunebot"]["examples_per_s_all"]):
             best = max(trls, key=lambda v: ft[v]["examples_per_s_all"][i])  # noqa: B023

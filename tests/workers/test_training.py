@@ -64,7 +64,8 @@ def tiny_config(model_dir: Path, **over: Any) -> TrainConfig:
         "model_dir": str(model_dir), "epochs": 20, "lr": 1e-2, "batch_size": 8, "lora_r": 16,
         "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear",
         "max_seq_len": 64, "eval_every": 10, "patience": 20, "warmup_ratio": 0.0, "seed": 3,
-        "threads": 1}
+        # fp32 whatever the CPU: these tests pin fp32's numbers (bf16 has its own test below)
+        "threads": 1, "cpu_bf16": False}
     return TrainConfig(**(base | over))
 
 
@@ -582,3 +583,63 @@ def test_learning_verdict_reads_the_validation_split_and_the_loss_curve() -> Non
     graded = {"n": 10, "tuned": 0.0, "base": 0.0, "tuned_value": 0.61, "base_value": 0.22}
     assert learning_verdict(result(1.9, 1.7), graded)[0] is True
     assert learning_verdict(result(1.9, 1.7), {**graded, "tuned_value": 0.23})[0] is False
+
+
+# --- bf16 on a CPU that has it (in process, so the CPU check can be stood in for) --------------
+
+
+class _Quiet:
+    """The reporter a recipe run in process needs: keeps the step losses, never stops."""
+
+    def __init__(self) -> None:
+        self.logs: list[dict[str, float]] = []
+        self.start: dict[str, Any] = {}
+
+    def send(self, kind: str, *payload: Any) -> None:
+        if kind == "log":
+            self.logs.append(payload[1])
+        elif kind == "start":
+            self.start = payload[0]
+
+    def stop_requested(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("native", ["avx512_bf16", None])
+def test_cpu_bf16_training_keeps_lora_fp32_and_learns(tiny_model_dir, colour_split, tmp_path,
+                                                      monkeypatch, native):
+    from safetensors import safe_open
+
+    from workers.backends import cpu_linear
+    from workers.training.recipe import FinetuneRecipe
+
+    # torch runs bf16 on any x86 CPU (emulated where there is no native support): stand in for
+    # the CPU check so the bf16 path is tested everywhere, and its absence too.
+    monkeypatch.setattr(cpu_linear, "bf16_native", lambda: native)
+    train, val = colour_split
+    reporter = _Quiet()
+    recipe = FinetuneRecipe(tiny_config(tiny_model_dir, cpu_bf16=True, epochs=10), train, val,
+                            tmp_path, reporter)
+    recipe.setup()
+    q = recipe.model.get_base_model().model.layers[0].self_attn.q_proj
+    emb = recipe.model.get_base_model().get_input_embeddings().weight
+    head = recipe.model.get_base_model().get_output_embeddings().weight
+    trainable = [p for p in recipe.model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)  # optimizer sees fp32
+    assert emb.dtype == head.dtype == torch.float32
+    if native:
+        assert recipe.facts["autocast"] == "bfloat16" and native in recipe.facts["cpu_bf16"]
+        assert q.base_layer.weight.dtype == torch.bfloat16 and not q.base_layer.weight.requires_grad
+    else:
+        assert recipe.facts["autocast"] is None and "cpu_bf16" not in recipe.facts
+        assert q.base_layer.weight.dtype == torch.float32
+    result = recipe.train()
+    assert reporter.start["autocast"] == recipe.facts["autocast"]  # the thread is told
+    losses = [m["train_loss"] for m in reporter.logs]
+    assert losses[-1] < losses[0] / 3
+    adapter = Path(result["adapter_dir"])
+    with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+    # Served as tunebot serves it: on the fp32 base, and better than the base alone.
+    assert greedy_hits(tiny_model_dir, adapter, val) > greedy_hits(tiny_model_dir, None, val)
+    recipe.cleanup()

@@ -52,8 +52,11 @@ class JobCallbacks(TrainingCallbacks):
         return self.prefix + " · ".join(parts)
 
     def on_start(self, info: dict[str, Any]) -> None:
-        """Remember the total step count."""
+        """Remember the total step count; say when the matmuls run in bf16 on the CPU."""
         self.total = int(info.get("total_steps", 0))
+        if info.get("cpu_bf16") and not info.get("resumed_from"):
+            self.ctx.say(f"{self.prefix}Training with bf16 matmuls on this CPU "
+                         f"({info['cpu_bf16']}).")
 
     def on_resume(self, step: int) -> None:
         """Drop metrics logged after the checkpoint we resume from (no gaps, no duplicates)."""

@@ -42,6 +42,9 @@ class TrainConfig:
     memory_budget_bytes: int | None = None  # None: half the free RAM (CPU) or 90% of the GPU
     early_stopping: bool = True
     share_prefix: bool = True  # pack a batch into one sequence, its common prefix once (loss.py)
+    # On a CPU with native bf16 (AVX-512-BF16 or AMX): frozen base weights kept in bf16, LoRA
+    # weights in fp32, matmuls under bf16 autocast (workers/training/model.py).
+    cpu_bf16: bool = True
     group_by_length: bool = True
     max_steps: int | None = None  # cap on optimizer steps (benchmarks, smoke tests)
     max_grad_norm: float = 1.0

@@ -98,8 +98,55 @@ def load_model(config: TrainConfig, device: torch.device) -> tuple[Any, Any, dic
                       lora_dropout=config.lora_dropout, target_modules=targets, bias="none")
     model = get_peft_model(base, lora).to(device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    bf16_feature = cpu_bf16_feature(config, device, dtype)
+    if bf16_feature:
+        frozen_linears_to_bf16(model)
     facts = {"device": device.type, "dtype": str(dtype).removeprefix("torch."),
+             "autocast": "bfloat16" if bf16_feature else None,
+             **({"cpu_bf16": f"{bf16_feature}: frozen base weights in bf16, LoRA in fp32, "
+                             "bf16 autocast"} if bf16_feature else {}),
              "target_modules": targets, "gradient_checkpointing": grad_ckpt,
              "trainable_params": trainable,
              "model_params": sum(p.numel() for p in model.parameters())}
     return model, tokenizer, facts
+
+
+def cpu_bf16_feature(config: TrainConfig, device: torch.device, dtype: torch.dtype) -> str | None:
+    """The CPU feature that makes bf16 training worth it here (None: train in fp32).
+
+    On a CPU that multiplies bf16 natively (AVX-512-BF16 or AMX, from the CPU's flags) the
+    matmuls run about 1.4-2x faster in bf16 and the frozen weights take half the memory;
+    elsewhere bf16 is emulated and slower, so fp32 stays.
+    """
+    if device.type != "cpu" or dtype != torch.float32 or not config.cpu_bf16:
+        return None
+    from workers.backends.cpu_linear import bf16_native
+
+    return bf16_native()
+
+
+def frozen_linears_to_bf16(model: torch.nn.Module) -> int:
+    """Store the frozen weights of the model's linear layers in bf16, in place; returns how many.
+
+    Trainable weights (LoRA's) stay fp32, as do the output layer and anything sharing a weight
+    with the embeddings (tied lm_head): logits and embeddings keep their precision, and the
+    optimizer only ever sees fp32. Training then runs under bf16 autocast (recipe.py).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    out_emb = base.get_output_embeddings()
+    in_emb = base.get_input_embeddings()
+    keep = {id(out_emb.weight) if out_emb is not None else None,
+            id(in_emb.weight) if in_emb is not None else None}
+    n = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module is not out_emb:
+            w = module.weight
+            if w.requires_grad or id(w) in keep or w.dtype != torch.float32:
+                continue
+            module.weight = torch.nn.Parameter(w.detach().to(torch.bfloat16),
+                                               requires_grad=False)
+            if module.bias is not None and not module.bias.requires_grad:
+                module.bias = torch.nn.Parameter(module.bias.detach().to(torch.bfloat16),
+                                                 requires_grad=False)
+            n += 1
+    return n

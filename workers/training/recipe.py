@@ -261,8 +261,11 @@ class FinetuneRecipe:
             self.save_checkpoint()
 
     def _loss(self, batch: Batch) -> Any:
-        return supervised_loss(self.model, batch, share_prefix=self.share_prefix,
-                               pack=self.share_prefix, prefix_cache=self.prefix_cache)
+        # bf16 frozen weights on the CPU (model.py): every matmul under bf16 autocast.
+        with torch.autocast("cpu", dtype=torch.bfloat16,
+                            enabled=self.facts.get("autocast") == "bfloat16"):
+            return supervised_loss(self.model, batch, share_prefix=self.share_prefix,
+                                   pack=self.share_prefix, prefix_cache=self.prefix_cache)
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
