@@ -132,7 +132,9 @@ def frozen_linears_to_bf16(model: torch.nn.Module) -> int:
     with the embeddings (tied lm_head): logits and embeddings keep their precision, and the
     optimizer only ever sees fp32. Training then runs under bf16 autocast (recipe.py).
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # transformers/peft methods that nn.Module does not declare
+    wrapped: Any = model
+    base: Any = wrapped.get_base_model() if hasattr(wrapped, "get_base_model") else wrapped
     out_emb = base.get_output_embeddings()
     in_emb = base.get_input_embeddings()
     keep = {id(out_emb.weight) if out_emb is not None else None,
