@@ -154,3 +154,25 @@ def test_llamacpp_configs_option() -> None:
                      ("f32:0:2048:512", "slots 1-256")):
         with pytest.raises(SystemExit, match=why):
             parse_configs(bad)
+
+
+def test_the_committed_results_carry_the_headline_the_readme_quotes() -> None:
+    """bench/results.json is a full run with issue #20's headline and where it ran; the
+    README's benchmark figures are that file's (each ratio as median (min–max))."""
+    import json
+
+    root = Path(__file__).resolve().parents[2]
+    results = json.loads((root / "bench" / "results.json").read_text())
+    assert results["quick"] is False and len(results["commit"]) >= 7
+    machine = results["machine"]
+    assert machine["cpu_flags"] and machine["cores"] and machine["versions"]["torch"]
+    assert results["load_average_at_start"] and results["load_average_at_end"]
+    head = results["headline"]
+    assert HEADLINE_KEYS <= set(head)
+    readme = (root / "README.md").read_text()
+    assert results["commit"] in readme
+    for key in HEADLINE_KEYS:
+        v = head[key]
+        assert isinstance(v, dict), f"{key} was not measured"
+        quoted = f"{v['median']:.2f}× ({v['min']:.2f}–{v['max']:.2f})"
+        assert quoted in readme, f"README does not quote {key} = {quoted}"
