@@ -10,8 +10,10 @@ to the server as token ids so both sides read identical input; greedy (temperatu
 top_k 1), the same max new tokens, all cases at once (as a prompt test hands tunebot every
 case in one call), `cache_prompt` on. The peer gets every configuration the sweep names:
 
-- models: the bundled Q4_1 GGUF (what tunebot dequantises its weights from) and an f32 GGUF
-  converted from the same fp32 weights tunebot runs (tunebot itself computes in fp32);
+- models: the bundled Q4_1 GGUF (what tunebot dequantises its weights from), an f32 GGUF
+  converted from the same fp32 weights tunebot runs (tunebot computes in fp32 by default) and,
+  where the CPU has native bf16, a bf16 GGUF of them (the peer of tunebot's
+  TUNEBOT_CPU_PRECISION=bf16, which is then timed as a side of its own, `tunebot-bf16`);
 - slots (`-np`) and logical / physical batch sizes (`-b` / `-ub`);
 - the same threads as tunebot's torch (`-t` and `-tb`).
 
@@ -22,7 +24,8 @@ seconds from the first request sent to the last answer, accuracy with the prompt
 scorer, and how many outputs equal tunebot's. The headline is llama.cpp's best configuration
 *at equal accuracy* (within 1 point of tunebot's) divided by tunebot's time, per round
 (llama.cpp's best median config's time in round i / tunebot's time in round i), min / median /
-max over rounds.
+max over rounds. Every precision served is eligible for that best. `tunebot-bf16` gets the same
+ratio against the same best (`ratio_bf16_vs_best`), recorded beside the headline.
 """
 
 from __future__ import annotations
@@ -50,13 +53,16 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results-llamacpp.json"
 SWEEP_SLOTS = (8, 16, 40)
 SWEEP_BATCHES = ((2048, 512), (512, 128))
 QUICK_SWEEP = (("q4_1", 16, 2048, 512), ("f32", 16, 2048, 512), ("f32", 8, 512, 128))
+# With native bf16: the bf16 GGUF at the f32 sweep's best shapes in the last full run.
+BF16_SWEEP = (("bf16", 16, 2048, 512), ("bf16", 16, 512, 128), ("bf16", 8, 512, 128))
+MODELS = ("q4_1", "f32", "bf16")
 CTX_PER_SLOT = 256  # prompts here are ~55 tokens, answers <= 16
 
 
 def model_path(name: str) -> Path:
     """The GGUF for a sweep model name."""
-    if name == "f32":
-        return PEERS / "smollm2-f32.gguf"
+    if name in ("f32", "bf16"):
+        return PEERS / f"smollm2-{name}.gguf"
     from workers.backends.gguf_cache import bundled_gguf
 
     return bundled_gguf()
@@ -144,13 +150,13 @@ def complete_all(url: str, ids: list[list[int]], max_new: int) -> tuple[list[str
 
 
 def parse_configs(text: str) -> list[tuple[str, int, int, int]]:
-    """`--configs MODEL:SLOTS:BATCH:UBATCH,...` (MODEL q4_1 or f32) into sweep tuples."""
+    """`--configs MODEL:SLOTS:BATCH:UBATCH,...` (MODEL q4_1, f32 or bf16) into sweep tuples."""
     out = []
     for item in filter(None, (x.strip() for x in text.split(","))):
         parts = item.split(":")
-        if len(parts) != 4 or parts[0] not in ("q4_1", "f32"):
+        if len(parts) != 4 or parts[0] not in MODELS:
             raise SystemExit(f"--configs: {item!r} is not MODEL:SLOTS:BATCH:UBATCH with MODEL "
-                             "q4_1 or f32")
+                             "q4_1, f32 or bf16")
         try:
             slots, batch, ubatch = (int(x) for x in parts[1:])
         except ValueError:
@@ -162,14 +168,20 @@ def parse_configs(text: str) -> list[tuple[str, int, int, int]]:
     return out
 
 
-def sweep(quick: bool, configs: str | None = None) -> list[tuple[str, int, int, int]]:
-    """The configurations to serve (--configs, else the quick or the full sweep)."""
+def sweep(quick: bool, configs: str | None = None,
+          bf16: bool = False) -> list[tuple[str, int, int, int]]:
+    """The configurations to serve (--configs, else the quick or the full sweep, with the bf16
+    GGUF's where tunebot has a bf16 path here and that GGUF is built)."""
     if configs:
         return parse_configs(configs)
     if quick:
-        return list(QUICK_SWEEP)
-    return [("q4_1", s, *SWEEP_BATCHES[0]) for s in SWEEP_SLOTS] + [
-        ("f32", s, b, ub) for s in SWEEP_SLOTS for b, ub in SWEEP_BATCHES]
+        base = list(QUICK_SWEEP)
+    else:
+        base = [("q4_1", s, *SWEEP_BATCHES[0]) for s in SWEEP_SLOTS] + [
+            ("f32", s, b, ub) for s in SWEEP_SLOTS for b, ub in SWEEP_BATCHES]
+    if bf16 and model_path("bf16").is_file():
+        base += list(BF16_SWEEP[:1] if quick else BF16_SWEEP)
+    return base
 
 
 def config_name(cfg: tuple[str, int, int, int]) -> str:
@@ -198,15 +210,24 @@ def run(*, quick: bool, rounds: int, threads: int, limit: int | None,
     ids = [backend.encode(p) for p in prompts]
     warm_ids = list(backend.tokenizer("Hello there")["input_ids"])
     as_prompt_test(backend, prompts[:4], params)  # warm (kernels, allocator), as a warm worker
+    from workers.backends.hf import HFBackend
 
-    served = sweep(quick, configs)
-    times: dict[str, list[float]] = {"tunebot": []}
+    bf16 = HFBackend.from_loaded(backend.model, backend.tokenizer, name="smollm2",
+                                 batch_size=backend.batch_size,
+                                 prefill_tokens=backend.prefill_tokens, precision="bf16")
+    sides = {"tunebot": backend} | ({"tunebot-bf16": bf16} if bf16.bf16 else {})
+    if bf16.bf16:
+        as_prompt_test(bf16, prompts[:4], params)
+
+    served = sweep(quick, configs, bf16=bf16.bf16)
+    times: dict[str, list[float]] = {side: [] for side in sides}
     times.update({config_name(c): [] for c in served})
     texts: dict[str, list[str]] = {}
     for r in range(rounds):
-        texts["tunebot"], s = _timed_tunebot(backend, prompts, params)
-        times["tunebot"].append(s)
-        print(f"round {r + 1}/{rounds} tunebot {s:6.2f} s", flush=True)
+        for side, be in sides.items():
+            texts[side], s = _timed_tunebot(be, prompts, params)
+            times[side].append(s)
+            print(f"round {r + 1}/{rounds} {side} {s:6.2f} s", flush=True)
         time.sleep(0.5)  # let torch's worker threads go idle before the server starts
         for cfg in served:
             name = config_name(cfg)
@@ -224,6 +245,8 @@ def run(*, quick: bool, rounds: int, threads: int, limit: int | None,
         "ctx_per_slot": CTX_PER_SLOT, "load_average_start": load_start,
         **summarise(times, texts, lambda t: accuracy(t, expected, choices)),
     }
+    if "tunebot-bf16" in sides:
+        result["tunebot_bf16_note"] = bf16.precision_note
     result["load_average_end"] = load_average()
     return result
 
@@ -245,7 +268,7 @@ def summarise(times: dict[str, list[float]], texts: dict[str, list[str]],
             "identical_to_tunebot": sum(a == b for a, b in zip(texts[name], tb, strict=True)),
             "equal_accuracy": abs(acc - tb_acc) <= 0.01 + 1e-9,
         }
-    peers = [n for n in out if n != "tunebot"]
+    peers = [n for n in out if not n.startswith("tunebot")]
     eligible = [n for n in peers if out[n]["equal_accuracy"]]
     best_any = min(peers, key=lambda n: out[n]["seconds"]["median"])
     result: dict[str, Any] = {"tunebot_accuracy": round(tb_acc, 4), "configs": out,
@@ -255,6 +278,9 @@ def summarise(times: dict[str, list[float]], texts: dict[str, list[str]],
         result["best_equal_accuracy"] = best
         result["ratio_vs_best"] = spread(
             [b / t for b, t in zip(times[best], times["tunebot"], strict=True)], 2)
+        if "tunebot-bf16" in times:
+            result["ratio_bf16_vs_best"] = spread(
+                [b / t for b, t in zip(times[best], times["tunebot-bf16"], strict=True)], 2)
     result["ratio_vs_best_any_accuracy"] = spread(
         [b / t for b, t in zip(times[best_any], times["tunebot"], strict=True)], 2)
     result["goal"] = {"rule": "tunebot >= 3x llama.cpp's best configuration at equal accuracy",
@@ -296,6 +322,10 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"llama.cpp best at equal accuracy: {r['best_equal_accuracy']}; llama.cpp / tunebot "
               f"= {r['ratio_vs_best']['median']}× ({r['ratio_vs_best']['min']}–"
               f"{r['ratio_vs_best']['max']}×)")
+    if r.get("ratio_bf16_vs_best"):
+        b = r["ratio_bf16_vs_best"]
+        print(f"tunebot with TUNEBOT_CPU_PRECISION=bf16: llama.cpp best / tunebot-bf16 = "
+              f"{b['median']}× ({b['min']}–{b['max']}×)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@
 #   var/peers/smollm2-f32.gguf     an f32 GGUF converted from the same weights as tunebot's
 #                                  (the fp32 safetensors that workers/backends/gguf_cache.py
 #                                  dequantises from the bundled Q4_1 GGUF)
+#   var/peers/smollm2-bf16.gguf    the same weights in bf16 (tunebot's bf16 setting's peer)
 #   var/peers/VERSION.json         what was built, from what
 # Re-running does nothing when everything is there. Portable build (-DGGML_NATIVE=OFF): a native
 # build died with "Illegal instruction" on the machine of issue #20. A portable build alone
@@ -76,6 +77,19 @@ EOF
         "$HF_DIR" --outtype f32 --outfile smollm2-f32.gguf.tmp >convert.log 2>&1 \
         || { tail -30 convert.log; exit 1; }
     mv smollm2-f32.gguf.tmp smollm2-f32.gguf
+fi
+
+# bf16 GGUF of the same weights: tunebot's TUNEBOT_CPU_PRECISION=bf16 setting has a peer in the
+# same precision (llama.cpp's AVX512-BF16 kernels are switched on above where the CPU has them).
+if [ ! -f smollm2-bf16.gguf ]; then
+    HF_DIR="$(cd "$ROOT" && "$PY" -c 'from tunebot.settings import Settings
+from workers.backends.gguf_cache import converted_dir
+print(converted_dir(Settings().models_dir).resolve())')"
+    PYTHONPATH="$PEERS/llama.cpp/gguf-py:$PEERS/pystub" nice -n "$NICE" "$PY" \
+        llama.cpp/convert_hf_to_gguf.py "$HF_DIR" --outtype bf16 \
+        --outfile smollm2-bf16.gguf.tmp >convert-bf16.log 2>&1 \
+        || { tail -30 convert-bf16.log; exit 1; }
+    mv smollm2-bf16.gguf.tmp smollm2-bf16.gguf
 fi
 
 "$PY" - "$SDIST_NAME" <<'EOF'

@@ -132,6 +132,27 @@ def test_llamacpp_headline_is_best_config_at_equal_accuracy() -> None:
     assert len(full) == len(set(full)) == 9
 
 
+def test_llamacpp_bf16_side_and_peer(tmp_path: Path, monkeypatch) -> None:
+    import bench.bench_llamacpp as lc
+
+    right = ["positive", "negative"] * 5
+    times = {"tunebot": [2.0, 2.0, 2.0], "tunebot-bf16": [1.0, 1.25, 1.0],
+             "f32 np=16 b=2048 ub=512": [5.0, 5.0, 5.0], "bf16 np=16 b=2048 ub=512": [4.0, 4, 4]}
+    texts = dict.fromkeys(times, right)
+    r = lc.summarise(times, texts, lambda t: 1.0)
+    # tunebot's bf16 side is never a peer; the peer's bf16 GGUF is, and is the best here.
+    assert r["best_equal_accuracy"] == "bf16 np=16 b=2048 ub=512"
+    assert r["ratio_vs_best"]["median"] == 2.0
+    assert r["ratio_bf16_vs_best"] == {"min": 3.2, "median": 4.0, "max": 4.0}
+    # The bf16 GGUF joins the sweep only with a bf16 path here and the file built.
+    monkeypatch.setattr(lc, "PEERS", tmp_path)
+    assert not any(c[0] == "bf16" for c in lc.sweep(quick=False, bf16=True))
+    (tmp_path / "smollm2-bf16.gguf").write_bytes(b"GGUF")
+    assert {c for c in lc.sweep(quick=False, bf16=True) if c[0] == "bf16"} == set(lc.BF16_SWEEP)
+    assert not any(c[0] == "bf16" for c in lc.sweep(quick=False, bf16=False))
+    assert lc.parse_configs("bf16:8:512:128") == [("bf16", 8, 512, 128)]
+
+
 def test_llamacpp_without_peers_names_the_make_target(tmp_path: Path, monkeypatch) -> None:
     import pytest
 
@@ -149,7 +170,7 @@ def test_llamacpp_configs_option() -> None:
 
     assert sweep(False, "f32:16:2048:512, q4_1:8:512:128") == [
         ("f32", 16, 2048, 512), ("q4_1", 8, 512, 128)]
-    for bad, why in (("f16:16:2048:512", "q4_1 or f32"), ("f32:16:2048", "MODEL:SLOTS"),
+    for bad, why in (("f16:16:2048:512", "q4_1, f32 or bf16"), ("f32:16:2048", "MODEL:SLOTS"),
                      ("f32:x:2048:512", "integers"), ("f32:16:256:512", "ubatch <= batch"),
                      ("f32:0:2048:512", "slots 1-256")):
         with pytest.raises(SystemExit, match=why):
