@@ -197,3 +197,47 @@ def test_the_committed_results_carry_the_headline_the_readme_quotes() -> None:
         assert isinstance(v, dict), f"{key} was not measured"
         quoted = f"{v['median']:.2f}× ({v['min']:.2f}–{v['max']:.2f})"
         assert quoted in readme, f"README does not quote {key} = {quoted}"
+
+
+def test_llamacpp_a_more_accurate_faster_peer_is_the_best() -> None:
+    from bench.bench_llamacpp import summarise
+
+    right = ["positive", "negative"] * 50
+    tb = right[:-2] + ["neutral", "neutral"]  # tunebot 98%
+    times = {"tunebot": [2.0, 2.0, 2.0], "bf16 np=16 b=512 ub=128": [3.0, 3.0, 3.0],
+             "f32 np=16 b=512 ub=128": [4.0, 4.0, 4.0]}
+    texts = {"tunebot": tb, "bf16 np=16 b=512 ub=128": right, "f32 np=16 b=512 ub=128": tb}
+
+    def score(t: list[str]) -> float:
+        return sum(a == b for a, b in zip(t, right, strict=True)) / len(right)
+
+    r = summarise(times, texts, score)
+    # 2 points more accurate is not "within 1 point", but it is no reason to leave it out.
+    assert r["configs"]["bf16 np=16 b=512 ub=128"]["equal_accuracy"] is False
+    assert r["configs"]["bf16 np=16 b=512 ub=128"]["eligible"] is True
+    assert r["best_equal_accuracy"] == "bf16 np=16 b=512 ub=128"
+    assert r["ratio_vs_best"]["median"] == 1.5
+
+
+def test_llamacpp_reselect_matches_summarise() -> None:
+    import copy
+
+    from bench.bench_llamacpp import reselect, summarise
+
+    right = ["positive", "negative"] * 50
+    tb = right[:-2] + ["neutral", "neutral"]
+    times = {"tunebot": [2.0, 2.5, 2.0], "tunebot-bf16": [1.0, 1.0, 1.25],
+             "bf16 np=16 b=512 ub=128": [3.0, 3.0, 3.5], "f32 np=16 b=512 ub=128": [4.0, 4, 4]}
+    texts = {"tunebot": tb, "tunebot-bf16": tb, "bf16 np=16 b=512 ub=128": right,
+             "f32 np=16 b=512 ub=128": tb}
+
+    def score(t: list[str]) -> float:
+        return sum(a == b for a, b in zip(t, right, strict=True)) / len(right)
+
+    fresh = summarise(times, texts, score)
+    old = copy.deepcopy(fresh)
+    old["best_equal_accuracy"] = "f32 np=16 b=512 ub=128"  # as an older rule chose
+    old["ratio_vs_best"] = {"min": 0, "median": 0, "max": 0}
+    again = reselect(old)
+    for key in ("best_equal_accuracy", "ratio_vs_best", "ratio_bf16_vs_best", "goal"):
+        assert again[key] == fresh[key]
