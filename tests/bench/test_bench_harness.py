@@ -7,6 +7,7 @@ compute the headline ratios from the right fields.
 from __future__ import annotations
 
 import json
+import mmap
 import subprocess
 import time
 from pathlib import Path
@@ -85,12 +86,20 @@ def test_rss_sampler_sees_a_training_allocation() -> None:
     sampler = _RssSampler(every_s=0.002)
     time.sleep(0.05)
     start = time.perf_counter()
-    block = bytearray(64 * 2**20)
+    # A fresh anonymous mapping: the allocator cannot hand back pages that are resident already
+    # (after earlier tests in this process freed memory, a bytearray may reuse them).
+    block = mmap.mmap(-1, 64 * 2**20)
     for i in range(0, len(block), 4096):  # touch every page so it is resident
         block[i] = 1
-    time.sleep(0.05)
+    touched = time.perf_counter()
+    # Wait for the sampler to have looked a few times since (a loaded machine may not run its
+    # thread within a fixed sleep).
+    deadline = touched + 5
+    while sum(1 for t, _ in list(sampler.samples) if t > touched) < 5 and \
+            time.perf_counter() < deadline:
+        time.sleep(0.01)
     end = time.perf_counter()
-    del block
+    block.close()
     sampler.stop()
     base, increase = sampler.training_increase(start, end)
     assert base > 0

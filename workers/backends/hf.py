@@ -159,7 +159,16 @@ class HFBackend:
         for start in range(0, len(order), size):
             chunk = order[start:start + size]
             t1 = time.perf_counter()
-            outs = self._batch(ids, chunk, prefix, params, generator)
+            p_len = len(prefix) if prefix is not None else 0
+            # Called here, not through a helper method: measured in a Celery worker, the same
+            # call one frame deeper made single requests ~40% slower (tests/workers/
+            # test_latency_e2e.py), which the same code in a plain process did not show.
+            outs = gen.generate_batch(
+                self.model, [ids[i][p_len:] for i in chunk], prefix=prefix, pad_id=self.pad_id,
+                eos_ids=self.eos_ids, max_new_tokens=params.max_new_tokens,
+                temperature=params.temperature, top_p=params.top_p, generator=generator,
+                stop_check=self._stop_check(params.stop), prefill_tokens=self.prefill_tokens,
+            )
             if bf16:
                 differ, checked = self._check_bf16(ids, chunk, outs, params)
                 if differ:
@@ -170,14 +179,20 @@ class HFBackend:
                         f"{checked} checked rows differently after {self.bf16_checked} agreed; "
                         "that batch and everything after it were answered in fp32)")
                     bf16 = False
-                    self._set_bf16(False)
+                    self._set_bf16(False, drop=True)
                     prefix = self._prefix_for(ids, False)
-                    outs = self._batch(ids, chunk, prefix, params, generator)
+                    p_len = len(prefix) if prefix is not None else 0
+                    outs = gen.generate_batch(
+                        self.model, [ids[i][p_len:] for i in chunk], prefix=prefix,
+                        pad_id=self.pad_id, eos_ids=self.eos_ids,
+                        max_new_tokens=params.max_new_tokens, temperature=params.temperature,
+                        top_p=params.top_p, generator=generator,
+                        stop_check=self._stop_check(params.stop),
+                        prefill_tokens=self.prefill_tokens)
                 else:
                     self.bf16_checked += checked
             batch_ms = (time.perf_counter() - t1) * 1000
             per_case = batch_ms / len(chunk) + prefix_ms / len(ids)
-            p_len = len(prefix) if prefix is not None else 0
             for i, out in zip(chunk, outs, strict=True):
                 text, finish = self._finish(out, params)
                 results[i] = Generation(
@@ -191,23 +206,14 @@ class HFBackend:
                 on_batch(chunk, cast(list[Generation], [results[i] for i in chunk]))
         return [r for r in results if r is not None]
 
-    def _set_bf16(self, on: bool) -> None:
+    def _set_bf16(self, on: bool, *, drop: bool = False) -> None:
+        # Set on every call: another backend may share this model (and have switched it on).
         if not self.onednn_layers:
             return
-        cpu_linear.set_bf16(self.model, on, drop=not on and not self.bf16)
+        cpu_linear.set_bf16(self.model, on, drop=drop)
         head = self.model.get_output_embeddings()
         if isinstance(head, cpu_linear.OneDNNLinear):
             head.bf16 = False  # logits in fp32: bf16 rounding would make ties of near-ties
-
-    def _batch(self, ids: list[list[int]], chunk: list[int], prefix: gen.Prefix | None,
-               params: GenParams, generator: torch.Generator | None) -> list[list[int]]:
-        p_len = len(prefix) if prefix is not None else 0
-        return gen.generate_batch(
-            self.model, [ids[i][p_len:] for i in chunk], prefix=prefix, pad_id=self.pad_id,
-            eos_ids=self.eos_ids, max_new_tokens=params.max_new_tokens,
-            temperature=params.temperature, top_p=params.top_p, generator=generator,
-            stop_check=self._stop_check(params.stop), prefill_tokens=self.prefill_tokens,
-        )
 
     def _finish(self, out: list[int], params: GenParams) -> tuple[str, str]:
         raw = self.tokenizer.decode(out, skip_special_tokens=True)
