@@ -226,16 +226,17 @@ def headlines(results: dict[str, object]) -> list[tuple[str, str, str, str]]:
                      "—"))
     ft = _get(results, "finetune", "results")
     if isinstance(ft, dict) and "tunebot" in ft:
-        for base in ("naive", "trl"):
+        for base in ("naive", "trl", "trl-best"):
             if base in ft:
                 rows.append((f"fine-tune examples/s vs {base}",
                              _n(ft["tunebot"]["examples_per_s"], ".2f"),
                              _n(ft[base]["examples_per_s"], ".2f"),
                              _n(ft["tunebot"]["examples_per_s"] / ft[base]["examples_per_s"],
                                 ".2f") + "x"))
-        rows.append(("fine-tune held-out accuracy vs trl",
+        best = "trl-best" if "trl-best" in ft else "trl"
+        rows.append((f"fine-tune held-out accuracy vs {best}",
                      _n(ft["tunebot"].get("heldout_accuracy"), ".3f"),
-                     _n(_get(ft, "trl", "heldout_accuracy"), ".3f"), "—"))
+                     _n(_get(ft, best, "heldout_accuracy"), ".3f"), "—"))
     for size, row in (_get(results, "datacheck", "sizes") or {}).items():  # type: ignore[union-attr]
         t, b = _get(row, "seconds", "median"), _get(row, "baseline_seconds", "median")
         rows.append((f"data check {size} rows: s", _n(t, ".2f"), _n(b, ".2f"),
