@@ -255,8 +255,8 @@ def run(*, quick: bool, rounds: int, threads: int, limit: int | None,
 def summarise(times: dict[str, list[float]], texts: dict[str, list[str]],
               score: Any) -> dict[str, Any]:
     """Per side: seconds (min/median/max and per round), accuracy, outputs equal to tunebot's;
-    llama.cpp's best configuration at equal accuracy (within 1 point of tunebot's) and the
-    per-round ratio of its time to tunebot's; the same against the fastest at any accuracy."""
+    llama.cpp's best configuration at equal accuracy (see _select) and the per-round ratio of
+    its time to tunebot's; the same against the fastest at any accuracy."""
     tb = texts["tunebot"]
     tb_acc = score(tb)
     out: dict[str, Any] = {}
@@ -268,25 +268,34 @@ def summarise(times: dict[str, list[float]], texts: dict[str, list[str]],
             "accuracy": round(acc, 4),
             "identical_to_tunebot": sum(a == b for a, b in zip(texts[name], tb, strict=True)),
             "equal_accuracy": abs(acc - tb_acc) <= 0.01 + 1e-9,
-            # eligible for the headline: not more than 1 point below tunebot (a faster peer that
-            # is also more accurate is a peer a user would pick, so it cannot be left out)
-            "eligible": acc >= tb_acc - 0.01 - 1e-9,
         }
     peers = [n for n in out if not n.startswith("tunebot")]
-    eligible = [n for n in peers if out[n]["eligible"]]
     best_any = min(peers, key=lambda n: out[n]["seconds"]["median"])
     result: dict[str, Any] = {"tunebot_accuracy": round(tb_acc, 4), "configs": out,
-                              "best_any_accuracy": best_any, "best_equal_accuracy": None}
-    if eligible:
-        best = min(eligible, key=lambda n: out[n]["seconds"]["median"])
-        result["best_equal_accuracy"] = best
-        result["ratio_vs_best"] = spread(
-            [b / t for b, t in zip(times[best], times["tunebot"], strict=True)], 2)
-        if "tunebot-bf16" in times:
-            result["ratio_bf16_vs_best"] = spread(
-                [b / t for b, t in zip(times[best], times["tunebot-bf16"], strict=True)], 2)
+                              "best_any_accuracy": best_any}
     result["ratio_vs_best_any_accuracy"] = spread(
         [b / t for b, t in zip(times[best_any], times["tunebot"], strict=True)], 2)
+    return _select(result, times)
+
+
+def _select(result: dict[str, Any], times: dict[str, list[float]]) -> dict[str, Any]:
+    """Mark the eligible peers — not more than 1 point below tunebot's accuracy (a faster peer
+    that is also more accurate is one a user would pick, so it cannot be left out) — and set the
+    fastest of them as the best, with tunebot's (and tunebot-bf16's) per-round ratio to it."""
+    configs = result["configs"]
+    for c in configs.values():
+        c["eligible"] = c["accuracy"] >= result["tunebot_accuracy"] - 0.01 - 1e-9
+    eligible = [n for n in configs if not n.startswith("tunebot") and configs[n]["eligible"]]
+    for key in ("ratio_vs_best", "ratio_bf16_vs_best"):
+        result.pop(key, None)
+    result["best_equal_accuracy"] = None
+    if eligible:
+        best = min(eligible, key=lambda n: configs[n]["seconds"]["median"])
+        result["best_equal_accuracy"] = best
+        for side, key in (("tunebot", "ratio_vs_best"), ("tunebot-bf16", "ratio_bf16_vs_best")):
+            if side in times:
+                result[key] = spread([b / t for b, t in zip(times[best], times[side],
+                                                            strict=True)], 2)
     result["goal"] = {"rule": "tunebot >= 3x llama.cpp's best configuration at equal accuracy",
                       "met": bool(eligible) and result["ratio_vs_best"]["median"] >= 3.0}
     result["selection_rule"] = ("the fastest configuration not more than 1 point below "
@@ -296,30 +305,9 @@ def summarise(times: dict[str, list[float]], texts: dict[str, list[str]],
 
 def reselect(result: dict[str, Any]) -> dict[str, Any]:
     """The best configuration chosen again from a finished run's own per-round times and
-    accuracies, with this module's eligibility rule (for a run made under an older rule; the
-    measurements are untouched). Returns the result with the selection fields replaced."""
-    configs = result["configs"]
-    tb_acc = result["tunebot_accuracy"]
-    for c in configs.values():
-        c["eligible"] = c["accuracy"] >= tb_acc - 0.01 - 1e-9
-    per_round = {n: c["seconds_per_round"] for n, c in configs.items()}
-    peers = [n for n in configs if not n.startswith("tunebot")]
-    eligible = [n for n in peers if configs[n]["eligible"]]
-    for key in ("best_equal_accuracy", "ratio_vs_best", "ratio_bf16_vs_best"):
-        result.pop(key, None)
-    result["best_equal_accuracy"] = None
-    if eligible:
-        best = min(eligible, key=lambda n: configs[n]["seconds"]["median"])
-        result["best_equal_accuracy"] = best
-        for side, key in (("tunebot", "ratio_vs_best"), ("tunebot-bf16", "ratio_bf16_vs_best")):
-            if side in per_round:
-                result[key] = spread([b / t for b, t in zip(per_round[best], per_round[side],
-                                                            strict=True)], 2)
-    result["goal"] = {"rule": "tunebot >= 3x llama.cpp's best configuration at equal accuracy",
-                      "met": bool(eligible) and result["ratio_vs_best"]["median"] >= 3.0}
-    result["selection_rule"] = ("the fastest configuration not more than 1 point below "
-                                "tunebot's accuracy")
-    return result
+    accuracies, with this module's rule (for a run made under an older rule; the measurements
+    are untouched). Returns the result with the selection fields replaced."""
+    return _select(result, {n: c["seconds_per_round"] for n, c in result["configs"].items()})
 
 
 def _timed_tunebot(backend: Any, prompts: Any, params: Any) -> tuple[list[str], float]:

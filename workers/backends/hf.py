@@ -159,38 +159,32 @@ class HFBackend:
         for start in range(0, len(order), size):
             chunk = order[start:start + size]
             t1 = time.perf_counter()
-            p_len = len(prefix) if prefix is not None else 0
-            # Called here, not through a helper method: measured in a Celery worker, the same
-            # call one frame deeper made single requests ~40% slower (tests/workers/
-            # test_latency_e2e.py), which the same code in a plain process did not show.
-            outs = gen.generate_batch(
-                self.model, [ids[i][p_len:] for i in chunk], prefix=prefix, pad_id=self.pad_id,
-                eos_ids=self.eos_ids, max_new_tokens=params.max_new_tokens,
-                temperature=params.temperature, top_p=params.top_p, generator=generator,
-                stop_check=self._stop_check(params.stop), prefill_tokens=self.prefill_tokens,
-            )
-            if bf16:
+            while True:  # once, or twice when a bf16 batch is answered again in fp32
+                p_len = len(prefix) if prefix is not None else 0
+                # Called here, not through a helper method: measured in a Celery worker, the
+                # same call one frame deeper made single requests ~40% slower (tests/workers/
+                # test_latency_e2e.py), which the same code in a plain process did not show.
+                outs = gen.generate_batch(
+                    self.model, [ids[i][p_len:] for i in chunk], prefix=prefix,
+                    pad_id=self.pad_id, eos_ids=self.eos_ids,
+                    max_new_tokens=params.max_new_tokens, temperature=params.temperature,
+                    top_p=params.top_p, generator=generator,
+                    stop_check=self._stop_check(params.stop), prefill_tokens=self.prefill_tokens)
+                if not bf16:
+                    break
                 differ, checked = self._check_bf16(ids, chunk, outs, params)
-                if differ:
-                    # fp32 answers a row differently: this batch again, fp32 from now on.
-                    self.precision = "fp32"
-                    self.precision_note = (
-                        f"fp32 (bf16 matmuls were tried, but fp32 answered {differ} of "
-                        f"{checked} checked rows differently after {self.bf16_checked} agreed; "
-                        "that batch and everything after it were answered in fp32)")
-                    bf16 = False
-                    self._set_bf16(False, drop=True)
-                    prefix = self._prefix_for(ids, False)
-                    p_len = len(prefix) if prefix is not None else 0
-                    outs = gen.generate_batch(
-                        self.model, [ids[i][p_len:] for i in chunk], prefix=prefix,
-                        pad_id=self.pad_id, eos_ids=self.eos_ids,
-                        max_new_tokens=params.max_new_tokens, temperature=params.temperature,
-                        top_p=params.top_p, generator=generator,
-                        stop_check=self._stop_check(params.stop),
-                        prefill_tokens=self.prefill_tokens)
-                else:
+                if not differ:
                     self.bf16_checked += checked
+                    break
+                # fp32 answers a row differently: this batch again, fp32 from now on.
+                self.precision = "fp32"
+                self.precision_note = (
+                    f"fp32 (bf16 matmuls were tried, but fp32 answered {differ} of "
+                    f"{checked} checked rows differently after {self.bf16_checked} agreed; "
+                    "that batch and everything after it were answered in fp32)")
+                bf16 = False
+                self._set_bf16(False, drop=True)
+                prefix = self._prefix_for(ids, False)
             batch_ms = (time.perf_counter() - t1) * 1000
             per_case = batch_ms / len(chunk) + prefix_ms / len(ids)
             for i, out in zip(chunk, outs, strict=True):

@@ -119,8 +119,9 @@ def prefill_groups(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
 
 
 def _prefill(model: torch.nn.Module, suffixes: list[list[int]], prefix: Prefix | None,
-             pad_id: int) -> tuple[DynamicCache, torch.Tensor]:
-    """One forward over right-aligned suffixes after the prefix: (cache, last-position logits)."""
+             pad_id: int, keep: int = 1) -> tuple[DynamicCache, torch.Tensor]:
+    """One forward over right-aligned suffixes after the prefix: (cache, the logits of each
+    row's last `keep` positions, [b, keep, vocab])."""
     device = _device(model)
     b, s = len(suffixes), max(len(x) for x in suffixes)
     p = len(prefix) if prefix is not None else 0
@@ -135,8 +136,8 @@ def _prefill(model: torch.nn.Module, suffixes: list[list[int]], prefix: Prefix |
         pos[i, s - n:] = torch.arange(p, p + n)
     cache = _expanded_cache(model, prefix, b)
     out = model(input_ids=ids.to(device), attention_mask=attn.to(device),
-                position_ids=pos.to(device), cache=cache, use_cache=True, logits_to_keep=1)
-    return cache, out.logits[:, -1, :]
+                position_ids=pos.to(device), cache=cache, use_cache=True, logits_to_keep=keep)
+    return cache, out.logits
 
 
 def _joined_cache(model: torch.nn.Module, caches: list[DynamicCache], widths: list[int],
@@ -177,16 +178,13 @@ def generate_batch(
     generator: torch.Generator | None = None,
     stop_check: StopCheck | None = None,
     prefill_tokens: int | None = None,
-    margins: list[float] | None = None,
 ) -> list[list[int]]:
     """Generate for each suffix (after the shared prefix); returns new token ids without EOS.
 
     With prefill_tokens, the prompts are prefilled in groups of similar length (at most that
     many padded tokens a forward, so padding and activations stay small) and their caches are
     then joined, so every new token costs one forward for all rows. Models whose cache is not
-    plain full attention are prefilled in one group. With `margins` (greedy only), each row's
-    smallest gap between its best and second-best logit over its steps is written there: how
-    close that row came to another answer.
+    plain full attention are prefilled in one group.
     """
     device = _device(model)
     b = len(suffixes)
@@ -198,12 +196,13 @@ def generate_batch(
         groups = [list(range(b))]
     if len(groups) == 1:
         cache, logits = _prefill(model, suffixes, prefix, pad_id)
+        logits = logits[:, -1, :]
         rows = list(range(b))
     else:
         parts = [_prefill(model, [suffixes[i] for i in g], prefix, pad_id) for g in groups]
         widths = [max(lengths[i] for i in g) for g in groups]
         cache = _joined_cache(model, [c for c, _ in parts], widths, p)
-        logits = torch.cat([lg for _, lg in parts])
+        logits = torch.cat([lg[:, -1, :] for _, lg in parts])
         rows = [i for g in groups for i in g]
     s = max(lengths)
     attn = torch.zeros((b, p + s), dtype=torch.long)
@@ -216,10 +215,6 @@ def generate_batch(
     generated: list[list[int]] = [[] for _ in range(b)]
     for _ in range(max_new_tokens):
         tokens = _pick(logits, temperature, top_p, generator)
-        if margins is not None:
-            top = logits.topk(2, dim=-1).values.float()
-            for j, gap in enumerate((top[:, 0] - top[:, 1]).tolist()):
-                margins[rows[j]] = min(margins[rows[j]], gap)
         keep: list[int] = []
         for j, tok in enumerate(tokens.tolist()):
             r = rows[j]
@@ -253,23 +248,9 @@ def greedy_disagreements(model: torch.nn.Module, rows: list[tuple[list[int], lis
     in turn and, where the row ended on EOS, an EOS token next. Rows ended by a stop string or
     the token limit are checked up to their last token."""
     p = len(prefix) if prefix is not None else 0
-    seqs = [prompt[p:] + out for prompt, out, _ in rows]
     keep = max(len(out) for _, out, _ in rows) + 1
-    cache = _expanded_cache(model, prefix, len(rows))
-    b, s = len(seqs), max(len(x) for x in seqs)
-    device = _device(model)
-    ids = torch.full((b, s), pad_id, dtype=torch.long)
-    attn = torch.zeros((b, p + s), dtype=torch.long)
-    attn[:, :p] = 1
-    pos = torch.full((b, s), p, dtype=torch.long)
-    for i, seq in enumerate(seqs):
-        n = len(seq)
-        ids[i, s - n:] = torch.tensor(seq)
-        attn[i, p + s - n:] = 1
-        pos[i, s - n:] = torch.arange(p, p + n)
-    logits = model(input_ids=ids.to(device), attention_mask=attn.to(device),
-                   position_ids=pos.to(device), cache=cache, use_cache=True,
-                   logits_to_keep=keep).logits
+    _, logits = _prefill(model, [prompt[p:] + out for prompt, out, _ in rows], prefix, pad_id,
+                         keep)
     choice = logits.argmax(-1).tolist()  # [b, keep]: the last `keep` positions of each row
     differ = 0
     for i, (_, out, eos) in enumerate(rows):

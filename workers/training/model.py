@@ -135,13 +135,12 @@ def frozen_linears_to_bf16(model: torch.nn.Module) -> int:
     # transformers/peft methods that nn.Module does not declare
     wrapped: Any = model
     base: Any = wrapped.get_base_model() if hasattr(wrapped, "get_base_model") else wrapped
-    out_emb = base.get_output_embeddings()
-    in_emb = base.get_input_embeddings()
-    keep = {id(out_emb.weight) if out_emb is not None else None,
-            id(in_emb.weight) if in_emb is not None else None}
+    # the output layer's weight and the embeddings' (one tensor when tied) stay fp32
+    keep = {id(m.weight) for m in (base.get_output_embeddings(), base.get_input_embeddings())
+            if m is not None}
     n = 0
     for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and module is not out_emb:
+        if isinstance(module, torch.nn.Linear):
             w = module.weight
             if w.requires_grad or id(w) in keep or w.dtype != torch.float32:
                 continue
